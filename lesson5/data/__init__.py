@@ -1,0 +1,18 @@
+"""Data sets by name: `build(conf)` returns in-memory Folds."""
+
+from __future__ import annotations
+
+import importlib
+
+from lesson5.data.folds import Data, Fold
+
+# name -> module with a build(conf) -> Data; imported only when used.
+REGISTRY = {"movielens": "lesson5.data.movielens"}
+
+
+def build(conf) -> Data:
+    """Fetch (or read from the cache) and parse the data set that conf.name selects."""
+    return importlib.import_module(REGISTRY[conf.name]).build(conf)
+
+
+__all__ = ["Data", "Fold", "build", "REGISTRY"]

@@ -1,0 +1,122 @@
+"""Fetching files into a checksummed cache, apart from parsing them.
+
+A data set is a named folder of files in the cache. It is filled by the first source that works, every file is
+hashed into a manifest, files with a published hash are checked against it, and the folder appears atomically.
+On each use the manifest is checked again, so a corrupted cache file is noticed and fetched anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+from lesson5.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "SHA256SUMS.json"
+
+
+def cache_root(cache_dir: Optional[str] = None) -> Path:
+    """The cache folder: data.cache_dir, else $LESSON5_CACHE, else $XDG_CACHE_HOME/lesson5, else ~/.cache/lesson5."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("LESSON5_CACHE"):
+        return Path(os.environ["LESSON5_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "lesson5"
+
+
+def file_hash(path: Path, algo: str = "sha256") -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, *, algo: str, digest: str, timeout: float = 60.0) -> Path:
+    """Download url to dest, checking its digest; a truncated or altered download raises DataError."""
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
+        shutil.copyfileobj(resp, out)
+    got = file_hash(tmp, algo)
+    if got != digest:
+        tmp.unlink()
+        raise DataError(f"{url}: {algo} is {got}, expected {digest} (truncated or altered download)")
+    tmp.replace(dest)
+    return dest
+
+
+@dataclass(frozen=True)
+class Source:
+    """One way to produce the files: `fill(folder)` writes them into folder or raises with the reason."""
+
+    name: str
+    fill: Callable[[Path], None]
+
+
+def _verify(folder: Path, files: Sequence[str], known: Mapping[str, str]) -> Optional[str]:
+    """None when every file matches the manifest and the known hashes, else what is wrong."""
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        return f"{manifest} is missing"
+    recorded = json.loads(manifest.read_text())
+    for name in files:
+        path = folder / name
+        if not path.exists():
+            return f"{path} is missing"
+        got = file_hash(path)
+        want = known.get(name, recorded.get(name))
+        if got != want:
+            return f"{path} has sha256 {got}, expected {want}"
+    return None
+
+
+def fetch(
+    name: str,
+    files: Sequence[str],
+    sources: Sequence[Source],
+    *,
+    cache_dir: Optional[str] = None,
+    known: Mapping[str, str] = {},
+    offline_hint: str = "",
+) -> Path:
+    """A verified cache folder holding `files`, filled by the first source that works."""
+    folder = cache_root(cache_dir) / name
+    if folder.exists():
+        problem = _verify(folder, files, known)
+        if problem is None:
+            return folder
+        log.warning("cache %s is not intact (%s); fetching it again", folder, problem)
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tried = []
+    for source in sources:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+        try:
+            source.fill(tmp)
+            digests = {f: file_hash(tmp / f) for f in files}
+            bad = [f"{f} has sha256 {digests[f]}, expected {known[f]}" for f in files if f in known and digests[f] != known[f]]
+            if bad:
+                raise DataError("; ".join(bad))
+            (tmp / MANIFEST).write_text(json.dumps(digests, indent=1))
+            tmp.replace(folder)
+            return folder
+        except Exception as e:  # noqa: BLE001 - every failure is reported with the next source tried
+            tried.append(f"{source.name}: {type(e).__name__}: {e}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    raise DataError(
+        f"could not get {name} ({', '.join(files)}); tried:\n  "
+        + "\n  ".join(tried or ["no sources"])
+        + (f"\n{offline_hint}" if offline_hint else "")
+    )

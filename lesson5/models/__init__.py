@@ -1,0 +1,15 @@
+"""Models by name. Each declares its `loss` and its `layer_groups()`; the training loop knows nothing else."""
+
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+# name -> module with a build(conf, data) -> nn.Module; a new model is one new file and one line here.
+REGISTRY = {"collab": "lesson5.models.collab"}
+
+
+def build(conf, data) -> nn.Module:
+    """The model conf.name selects, sized by the data."""
+    return importlib.import_module(REGISTRY[conf.name]).build(conf, data)

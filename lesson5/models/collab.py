@@ -1,0 +1,44 @@
+"""The lesson's collaborative-filtering model: a dot product of embeddings plus biases, squashed into y_range."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def embedding(n: int, dim: int) -> nn.Embedding:
+    """An embedding initialised as fastai does: normal(0, 0.01) truncated at two standard deviations."""
+    e = nn.Embedding(n, dim)
+    with torch.no_grad():
+        e.weight.normal_().fmod_(2).mul_(0.01)
+    return e
+
+
+class EmbeddingDotBias(nn.Module):
+    """rating = sigmoid(u·i + user_bias + item_bias) * (hi - lo) + lo (fastai's EmbeddingDotBias)."""
+
+    loss = "mse"
+
+    def __init__(self, n_users: int, n_items: int, n_factors: int, y_range: Optional[Sequence[float]] = None):
+        super().__init__()
+        self.user_factors, self.item_factors = embedding(n_users, n_factors), embedding(n_items, n_factors)
+        self.user_bias, self.item_bias = embedding(n_users, 1), embedding(n_items, 1)
+        self.y_range = tuple(y_range) if y_range is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        users, items = x[:, 0], x[:, 1]
+        dot = (self.user_factors(users) * self.item_factors(items)).sum(1)
+        res = dot + self.user_bias(users).squeeze(1) + self.item_bias(items).squeeze(1)
+        if self.y_range is None:
+            return res
+        lo, hi = self.y_range
+        return torch.sigmoid(res) * (hi - lo) + lo
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        return [list(self.parameters())]
+
+
+def build(conf, data) -> EmbeddingDotBias:
+    return EmbeddingDotBias(data.sizes["n_users"], data.sizes["n_items"], conf.n_factors, conf.y_range)

@@ -1,0 +1,47 @@
+"""The figures logged with each run, drawn from its metric series (imported by the tracking writer only)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+Series = dict[str, list[tuple[int, float]]]
+
+
+def loss_curve(series: Series):
+    """Per-step train loss with the per-epoch validation loss on the same step axis."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps, values = zip(*series["train_loss_step"])
+    ax.plot(steps, values, lw=0.6, alpha=0.7, label="train loss (per step)")
+    if series.get("valid_loss"):  # logged at the global step that ends each epoch
+        ax.plot(*zip(*series["valid_loss"]), "o-", label="valid loss (per epoch)")
+    ax.set(xlabel="step", ylabel="loss", title="Loss")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def schedule(series: Series):
+    """The lr and momentum actually used at each step."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*series["lr"]), color="tab:blue")
+    ax.set(xlabel="step", ylabel="lr", title="Schedule")
+    if series.get("momentum"):
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*series["momentum"]), color="tab:orange")
+        ax2.set_ylabel("momentum", color="tab:orange")
+    fig.tight_layout()
+    return fig
+
+
+def run_figures(series: Series) -> Iterator[tuple[str, object]]:
+    """(name, figure) for every plot the series allow; each figure is closed after use."""
+    for name, draw, needs in (("loss", loss_curve, "train_loss_step"), ("schedule", schedule, "lr")):
+        if series.get(needs):
+            fig = draw(series)
+            yield name, fig
+            plt.close(fig)

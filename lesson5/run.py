@@ -1,0 +1,176 @@
+"""`run(cfg)`: the single path from a composed config to a trained, tracked model.
+
+The command line, tests and sweep trials all call it. Order matters for bad input: the config is validated,
+then the data fetched, and only then does an MLflow run exist; whatever happens after, the run is closed as
+FINISHED, FAILED (with the reason as a tag) or KILLED.
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+import resource
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import lesson5
+from lesson5 import data as datasets
+from lesson5 import models, optim
+from lesson5.callbacks import ProgressBar, TrackMetrics
+from lesson5.config import Config, flatten, validate
+from lesson5.learner import Callback, Learner
+from lesson5.optim.schedule import Scheduler
+from lesson5.tracking import Tracker
+
+
+@dataclass
+class RunResult:
+    """The final metrics (fold means for cv), per-fold metrics, and where the MLflow run is stored."""
+
+    metrics: dict[str, float]
+    folds: dict[str, dict[str, float]] = field(default_factory=dict)
+    run_id: Optional[str] = None
+    experiment_id: Optional[str] = None
+    tracking_uri: Optional[str] = None
+    model: Optional[torch.nn.Module] = None
+
+
+def pick_device(name: str) -> torch.device:
+    """trainer.device: `auto` takes CUDA when available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(lesson5.__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak resident memory of this process (and of the GPU, when used), in MiB."""
+    out = {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def fit_fold(conf: Config, data: datasets.Data, fold: datasets.Fold, device: torch.device,
+             callbacks: Sequence[Callback]) -> Learner:
+    """Build a fresh model and optimizer for one fold and train it."""
+    seed_everything(conf.trainer.seed)
+    model = models.build(conf.model, data)
+    groups = model.layer_groups()
+    opt = optim.build(conf.optim, groups, [conf.optim.lr] * len(groups))
+    mom_key = optim.momentum_key(conf.optim)
+    learn = Learner(model, fold.train, fold.valid, opt=opt, bs=conf.trainer.bs, seed=conf.trainer.seed,
+                    scheduler_factory=lambda o, total: Scheduler(conf.schedule, o, total, mom_key),
+                    callbacks=callbacks, device=device)
+    learn.fit(conf.trainer.epochs)
+    return learn
+
+
+def _weights(model: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def _summary(per_fold: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean (and std across folds, when there are several) of every metric."""
+    if len(per_fold) == 1:
+        return dict(next(iter(per_fold.values())))
+    out = {}
+    for key in next(iter(per_fold.values())):
+        values = [m[key] for m in per_fold.values()]
+        out[key] = statistics.fmean(values)
+        if key.startswith("valid_"):
+            out[f"{key}_std"] = statistics.stdev(values)
+    return out
+
+
+def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[Callback] = (),
+        tracker: Optional[Tracker] = None, parent: Optional[int] = None) -> RunResult:
+    """Validate, fetch the data, train every fold, track it all; the one training path."""
+    conf = validate(cfg)
+    device = pick_device(conf.trainer.device)
+    if conf.trainer.threads:
+        torch.set_num_threads(conf.trainer.threads)
+    data = datasets.build(conf.data)
+
+    own_tracker = tracker is None and conf.tracking.enabled
+    if own_tracker:
+        tracker = Tracker(conf.tracking.uri)
+    rid = None
+    if tracker is not None:
+        params = {**flatten(cfg), **{f"data.info.{k}": v for k, v in data.info.items()}}
+        tags = {"overrides": " ".join(overrides) or "(defaults)", "git_commit": git_commit(),
+                "torch_version": torch.__version__, "lesson5_version": lesson5.__version__,
+                "python_version": platform.python_version(), "device": str(device),
+                "seed": str(conf.trainer.seed), "model": conf.model.name, "data": conf.data.name}
+        config_yaml = OmegaConf.to_yaml(cfg, resolve=True).encode()
+        rid = tracker.start_run(experiment=conf.tracking.experiment, name=conf.tracking.run_name, params=params,
+                                tags=tags, files={"config.yaml": config_yaml}, parent=parent)
+    status, reason, fold_rid = "FINISHED", None, None
+    try:
+        per_fold, learn = {}, None
+        for fold in data.folds:
+            fold_rid = rid
+            if tracker is not None and len(data.folds) > 1:
+                fold_rid = tracker.start_run(experiment=conf.tracking.experiment, name=fold.name, params={},
+                                             tags={"fold": fold.name}, parent=rid)
+            cbs = list(callbacks)
+            if conf.trainer.progress:
+                cbs.append(ProgressBar(label=f"{fold.name} " if len(data.folds) > 1 else ""))
+            if fold_rid is not None:
+                cbs.append(TrackMetrics(tracker, fold_rid, conf.tracking.flush_every))
+            learn = fit_fold(conf, data, fold, device, cbs)
+            per_fold[fold.name] = {**learn.metrics, "train_seconds": learn.train_seconds}
+            if fold_rid is not None:
+                tracker.log_metrics(fold_rid, [("train_seconds", learn.train_seconds, learn.step)])
+                tracker.log_files(fold_rid, {"model/weights.pt": _weights(learn.model)})
+                if fold_rid != rid:
+                    tracker.end_run(fold_rid, "FINISHED")
+            fold_rid = None
+        result = RunResult({**_summary(per_fold), **peak_memory()}, per_fold, model=learn.model)
+        if tracker is not None:
+            step = learn.step if len(per_fold) == 1 else 0
+            tracker.log_metrics(rid, [(k, v, step) for k, v in result.metrics.items()])
+    except KeyboardInterrupt:
+        status, reason = "KILLED", "interrupted (Ctrl-C or SIGTERM)"
+        raise
+    except BaseException as e:
+        status, reason = "FAILED", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        if tracker is not None:
+            if fold_rid is not None and fold_rid != rid:
+                tracker.end_run(fold_rid, status, reason)
+            if rid is not None:
+                tracker.end_run(rid, status, reason)
+            if own_tracker:
+                tracker.close()
+    if tracker is not None:
+        info = tracker.run_info(rid)
+        result.run_id, result.experiment_id, result.tracking_uri = info["run_id"], info["experiment_id"], tracker.uri
+    return result

@@ -1,0 +1,256 @@
+"""MLflow tracking through a writer process, so that store latency never slows training.
+
+A synchronous MLflow call costs milliseconds (SQLite here: ~75 us per metric even in `log_batch`), and a lesson
+run makes ~21,000 per-step values. The trainer therefore never imports MLflow: it puts messages on a queue, and
+a spawned writer process, on its own core, turns them into MlflowClient calls, draws the plots and closes the
+runs. The writer ignores Ctrl-C (the trainer decides the status) and, if the trainer dies without closing its
+runs, marks them FAILED, so no run is ever left RUNNING.
+
+This module is imported by the writer, so it must not import torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+from lesson5.errors import TrackingError
+
+METRICS_PER_CALL = 1000  # MLflow's log_batch limit
+
+
+def resolve_uri(uri: Optional[str]) -> str:
+    """tracking.uri, or MLflow's embedded default `sqlite:///mlflow.db` made absolute for the current folder."""
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, on a store that cannot work."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking.uri={uri}: folder {folder} does not exist or is not writable. "
+                                f"Create it, or set tracking.uri to another location (or tracking=none).")
+    elif uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(f"tracking.uri={uri}: cannot reach the MLflow server ({e}). Start it with "
+                                f"`mlflow server --port ...`, or fix tracking.uri (or use tracking=none).") from e
+
+
+class Tracker:
+    """Main-process handle on the writer. Runs are named by small local ids until MLflow assigns theirs."""
+
+    def __init__(self, uri: Optional[str]):
+        self.uri = resolve_uri(uri)
+        check_reachable(self.uri)
+        ctx = mp.get_context("spawn")  # fork would copy torch's threads and state into the writer
+        self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
+        self._proc = ctx.Process(target=_writer, args=(self.uri, self._inbox, self._outbox),
+                                 name="lesson5-mlflow-writer", daemon=True)
+        self._proc.start()
+        self._ids = itertools.count(1)
+        self._open: set[int] = set()
+        self.runs: dict[int, dict[str, str]] = {}  # local id -> {"run_id", "experiment_id"}
+        self._errors: list[str] = []
+
+    def start_run(self, *, experiment: str, name: Optional[str], params: dict[str, Any], tags: dict[str, str],
+                  files: dict[str, bytes] = {}, parent: Optional[int] = None) -> int:
+        rid = next(self._ids)
+        self._open.add(rid)
+        self._inbox.put(("start", rid, parent, experiment, name, params, tags, files))
+        return rid
+
+    def log_metrics(self, rid: int, rows: list[tuple[str, float, int]]) -> None:
+        """(key, value, step) rows, stamped now."""
+        self._inbox.put(("metrics", rid, int(time.time() * 1000), rows))
+
+    def log_files(self, rid: int, files: dict[str, bytes]) -> None:
+        """Artifacts by their path in the run, e.g. {"model/weights.pt": b"..."}."""
+        self._inbox.put(("files", rid, files))
+
+    def end_run(self, rid: int, status: str, reason: Optional[str] = None) -> None:
+        """Close a run as FINISHED, FAILED or KILLED; the writer draws its plots first."""
+        self._inbox.put(("end", rid, status, reason))
+        self._open.discard(rid)
+
+    def _drain(self, block: bool, timeout: float = 0.0) -> Optional[tuple]:
+        try:
+            msg = self._outbox.get(block, timeout) if block else self._outbox.get_nowait()
+        except queue.Empty:
+            return None
+        if msg[0] == "started":
+            self.runs[msg[1]] = {"run_id": msg[2], "experiment_id": msg[3]}
+        elif msg[0] == "error":
+            self._errors.append(msg[2])
+        return msg
+
+    def run_info(self, rid: int, timeout: float = 120.0) -> dict[str, str]:
+        """{"run_id", "experiment_id"} of a started run, waiting for the writer to report it."""
+        deadline = time.monotonic() + timeout
+        while rid not in self.runs and not self._errors and time.monotonic() < deadline:
+            self._drain(block=True, timeout=0.5)
+        if rid not in self.runs:
+            raise TrackingError(f"MLflow store {self.uri}: the run was not created "
+                                f"({self._errors[0] if self._errors else 'timed out'})")
+        return self.runs[rid]
+
+    def check(self) -> None:
+        """Raise TrackingError if the writer has reported a failure."""
+        while self._drain(block=False):
+            pass
+        if self._errors:
+            raise TrackingError(f"MLflow store {self.uri}: {self._errors[0]}")
+        if not self._proc.is_alive():
+            raise TrackingError(f"the MLflow writer process exited (code {self._proc.exitcode})")
+
+    def close(self, timeout: float = 300.0) -> None:
+        """Wait until the writer has written everything and closed every run, then stop it."""
+        for rid in list(self._open):
+            self.end_run(rid, "KILLED", "the trainer closed the tracker with this run still open")
+        self._inbox.put(("close",))
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self._drain(block=True, timeout=max(0.0, deadline - time.monotonic()))
+            if msg is None or msg[0] == "closed":
+                break
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+        if msg is None:
+            raise TrackingError(f"the MLflow writer did not finish within {timeout:.0f} s ({self.uri})")
+        if self._errors:
+            raise TrackingError(f"MLflow store {self.uri}: {self._errors[0]}")
+
+
+# ---- the writer process ------------------------------------------------------------------------------------
+
+
+class _Writer:
+    def __init__(self, uri: str, outbox):
+        import mlflow  # noqa: F401 - imported here, in the writer, never in the trainer
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.client.search_experiments(max_results=1)  # touch the store now, so a bad one is reported early
+        self.outbox = outbox
+        self.runs: dict[int, str] = {}
+        self.series: dict[int, dict[str, list[tuple[int, float]]]] = {}
+
+    def _experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # another worker created it first
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def start(self, rid, parent, experiment, name, params, tags, files):
+        from mlflow.entities import Param, RunTag
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        exp_id = self._experiment_id(experiment)
+        if parent is not None and parent in self.runs:
+            tags = {**tags, MLFLOW_PARENT_RUN_ID: self.runs[parent]}
+        run = self.client.create_run(exp_id, run_name=name, tags=tags)
+        run_id = run.info.run_id
+        self.runs[rid], self.series[rid] = run_id, {}
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+        self.files(rid, files)
+        self.outbox.put(("started", rid, run_id, exp_id))
+
+    def metrics(self, rid, timestamp, rows):
+        from mlflow.entities import Metric
+
+        series = self.series[rid]
+        batch = [Metric(k, float(v), timestamp, int(s)) for k, v, s in rows]
+        for k, v, s in rows:
+            series.setdefault(k, []).append((s, v))
+        for i in range(0, len(batch), METRICS_PER_CALL):
+            self.client.log_batch(self.runs[rid], metrics=batch[i : i + METRICS_PER_CALL])
+
+    def files(self, rid, files):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for rel, data in files.items():
+                path = Path(tmp) / Path(rel).name
+                path.write_bytes(data)
+                folder = str(Path(rel).parent)
+                self.client.log_artifact(self.runs[rid], str(path), None if folder == "." else folder)
+
+    def end(self, rid, status, reason):
+        run_id = self.runs[rid]
+        try:
+            self._plot(rid)
+        finally:
+            if reason:
+                self.client.set_tag(run_id, "failure_reason", reason[:5000])
+            self.client.set_terminated(run_id, status)
+            del self.series[rid]
+
+    def _plot(self, rid):
+        from lesson5 import plots
+
+        for name, fig in plots.run_figures(self.series[rid]):
+            self.client.log_figure(self.runs[rid], fig, f"plots/{name}.png")
+
+    def fail_open_runs(self, reason):
+        for rid in list(self.series):
+            self.client.set_tag(self.runs[rid], "failure_reason", reason)
+            self.client.set_terminated(self.runs[rid], "FAILED")
+
+
+def _writer(uri: str, inbox, outbox) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it then closes the runs
+    parent = os.getppid()
+    try:
+        w = _Writer(uri, outbox)
+    except Exception as e:  # noqa: BLE001
+        outbox.put(("error", None, f"{type(e).__name__}: {e}"))
+        w = None
+    broken: set[int] = set()
+    while True:
+        try:
+            msg = inbox.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the trainer died without closing its runs
+                if w is not None:
+                    w.fail_open_runs("the training process exited without closing this run")
+                return
+            continue
+        kind = msg[0]
+        if kind == "close":
+            outbox.put(("closed",))
+            return
+        rid = msg[1]
+        if w is None or (kind != "end" and rid in broken) or (kind != "start" and rid not in w.runs):
+            continue
+        try:
+            getattr(w, kind)(*msg[1:])
+        except Exception as e:  # noqa: BLE001 - reported to the trainer, which raises TrackingError
+            broken.add(rid)
+            outbox.put(("error", rid, f"{type(e).__name__}: {e}"))
+            print(f"lesson5 tracking: {kind} failed: {e}", file=sys.stderr)
