@@ -1,0 +1,45 @@
+"""The collab model: shapes, y_range bounds, and an embedding being a one-hot matrix product."""
+
+import torch
+import torch.nn.functional as F
+
+from lesson5.models.collab import EmbeddingDotBias
+
+
+def test_shapes_and_layer_groups():
+    m = EmbeddingDotBias(10, 20, 5, (0.0, 5.5))
+    x = torch.stack([torch.randint(0, 10, (32,)), torch.randint(0, 20, (32,))], 1)
+    assert m(x).shape == (32,)
+    assert m.user_factors.weight.shape == (10, 5) and m.item_bias.weight.shape == (20, 1)
+    assert sum(p.numel() for g in m.layer_groups() for p in g) == sum(p.numel() for p in m.parameters())
+
+
+def test_fastai_init_is_small_and_truncated():
+    w = EmbeddingDotBias(500, 500, 40).item_factors.weight
+    assert w.abs().max() <= 0.02 + 1e-7 and 0.005 < w.std() < 0.015
+
+
+def test_y_range_bounds_hold_even_for_extreme_weights():
+    m = EmbeddingDotBias(4, 4, 3, (1.0, 5.0))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-30, 30)
+    x = torch.cartesian_prod(torch.arange(4), torch.arange(4))
+    out = m(x)
+    assert (out >= 1.0).all() and (out <= 5.0).all()
+    assert out.max() > 4.9 and out.min() < 1.1  # the sigmoid reaches both ends
+    m.y_range = None
+    assert (m(x) > 5).any()  # without y_range nothing squashes
+
+
+def test_embedding_lookup_equals_one_hot_matrix_product():
+    m = EmbeddingDotBias(7, 9, 4)
+    users, items = torch.tensor([0, 3, 6, 3]), torch.tensor([8, 1, 1, 0])
+    one_hot_u = F.one_hot(users, 7).float()
+    one_hot_i = F.one_hot(items, 9).float()
+    u = one_hot_u @ m.user_factors.weight
+    i = one_hot_i @ m.item_factors.weight
+    by_matmul = (u * i).sum(1) + (one_hot_u @ m.user_bias.weight).squeeze(1) + (one_hot_i @ m.item_bias.weight).squeeze(1)
+    by_lookup = m(torch.stack([users, items], 1))
+    assert torch.equal(m.user_factors(users), u)
+    torch.testing.assert_close(by_lookup, by_matmul)

@@ -1,0 +1,83 @@
+"""Bad config values are refused before any data is fetched or any MLflow run exists."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from lesson5 import data as datasets
+from lesson5.config import flatten, validate
+from lesson5.errors import ConfigError
+from lesson5.run import run
+from tests.conftest import make_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_lesson_recipe():
+    conf = validate(make_cfg())
+    assert (conf.model.n_factors, conf.model.y_range) == (40, [0.0, 5.5])
+    assert (conf.optim.name.value, conf.optim.lr, conf.optim.wd, conf.optim.wd_mode.value) == ("adam", 5e-3, 0.1, "decoupled")
+    assert (conf.optim.momentum, conf.optim.sqr_mom, conf.optim.eps) == (0.9, 0.99, 1e-5)
+    assert (conf.schedule.name.value, conf.trainer.epochs, conf.trainer.bs) == ("one_cycle", 5, 64)
+    assert (conf.data.split.value, conf.data.valid_pct, conf.data.seed) == ("random", 0.1, 42)
+
+
+def test_experiment_recipe_composes_to_the_defaults():
+    assert flatten(make_cfg("experiment=lesson5_collab")) == flatten(make_cfg())
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("model.n_factors=0", "model.n_factors", "integer >= 1"),
+    ("optim.lr=-1", "optim.lr", "> 0"),
+    ("data.valid_pct=1.5", "data.valid_pct", "between 0 and 1"),
+    ("model.y_range=[5,1]", "model.y_range", "low < high"),
+    ("schedule.moms=[0.9,1.2,0.9]", "schedule.moms", "[0, 1)"),
+    ("trainer.epochs=0", "trainer.epochs", "integer >= 1"),
+])
+def test_out_of_range_values_name_the_key(override, key, allowed, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "build", lambda conf: pytest.fail("data fetched before validation"))
+    with pytest.raises(ConfigError) as err:
+        run(make_cfg(override, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"))
+    assert key in str(err.value) and allowed in str(err.value)
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was created
+
+
+def test_every_bad_key_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg("optim.lr=0", "model.n_factors=-3"))
+    assert "optim.lr" in str(err.value) and "model.n_factors" in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["optim.impl=numpy", "data.split=u9", "optim.wd_mode=l1"])
+def test_unknown_choices_are_refused_while_composing(override):
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        make_cfg(override)
+    assert override.split("=")[0].split(".")[-1] in str(err.value) or override.split("=")[1] in str(err.value)
+
+
+def test_unknown_config_group_option_is_refused():
+    with pytest.raises(ConfigCompositionException) as err:
+        make_cfg("model=colab")
+    assert "collab" in str(err.value)
+
+
+@pytest.mark.slow
+def test_cli_unknown_model_lists_choices_and_exits_nonzero(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lesson5", "model=colab"], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.returncode != 0
+    assert "Available options in 'model'" in done.stderr and "collab" in done.stderr
+
+
+@pytest.mark.slow
+def test_cli_out_of_range_value_exits_nonzero_with_the_key(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lesson5", "data.valid_pct=1.5"], cwd=tmp_path,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2
+    assert "data.valid_pct=1.5" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,132 @@
+"""End to end: run(cfg) on small data into a real temporary MLflow store."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from lesson5.errors import DivergedError, TrackingError
+from lesson5.run import run
+from tests.conftest import make_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT_METRICS = {"train_loss", "valid_loss", "valid_rmse", "valid_mae", "train_seconds"}
+
+
+def runs(tmp_path, experiment="test"):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_short_run_logs_the_contract(tiny, tmp_path):
+    result = run(make_cfg(*tiny), overrides=["trainer.epochs=2"])
+    client, found = runs(tmp_path)
+    assert len(found) == 1
+    r = found[0]
+    assert r.info.run_id == result.run_id and r.info.status == "FINISHED"
+    assert CONTRACT_METRICS <= set(r.data.metrics)
+    assert r.data.metrics["valid_rmse"] == pytest.approx(result.metrics["valid_rmse"])
+    for key, value in {"model.n_factors": "40", "optim.wd": "0.1", "trainer.epochs": "2", "data.split": "random",
+                       "data.valid_pct": "0.1", "tracking.experiment": "test", "trainer.seed": "42"}.items():
+        assert r.data.params[key] == value
+    assert r.data.tags["overrides"] == "trainer.epochs=2"
+    assert {"git_commit", "torch_version", "device", "seed"} <= set(r.data.tags)
+    steps = 2 * -(-2700 // 64)  # two epochs over 90% of 3,000 ratings
+    assert len(client.get_metric_history(r.info.run_id, "train_loss_step")) == steps
+    lrs = [m.value for m in client.get_metric_history(r.info.run_id, "lr")]
+    assert len(lrs) == steps and max(lrs) == pytest.approx(5e-3, rel=1e-3) and lrs[0] < lrs[steps // 3]
+    arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+    arts |= {a.path for d in ("plots", "model") for a in client.list_artifacts(r.info.run_id, d)}
+    assert {"config.yaml", "plots/loss.png", "plots/schedule.png", "model/weights.pt"} <= arts
+
+
+def test_training_learns_and_is_deterministic(tiny):
+    cfg = make_cfg(*tiny, "tracking=none", "trainer.epochs=4", "optim.lr=3e-2", "optim.wd=0")
+    first, second = run(cfg), run(cfg)
+    assert first.metrics["valid_rmse"] == second.metrics["valid_rmse"]
+    assert first.metrics["valid_loss"] < first.metrics["train_loss"] * 3
+    baseline = run(make_cfg(*tiny, "tracking=none", "trainer.epochs=1", "optim.lr=1e-5")).metrics["valid_rmse"]
+    assert first.metrics["valid_rmse"] < baseline - 0.2  # it learned something
+
+
+def test_cv_reports_mean_and_std_with_a_child_run_per_fold(tiny, tmp_path):
+    # Five folds of 600 rows each: mku.sh's 20,000-line folds scaled down would not fit 3,000 ratings.
+    from lesson5.data import movielens
+    orig = movielens.FOLD_ROWS
+    movielens.FOLD_ROWS = 600
+    try:
+        result = run(make_cfg(*tiny, "data.split=cv", "trainer.epochs=1"))
+    finally:
+        movielens.FOLD_ROWS = orig
+    assert set(result.folds) == {"u1", "u2", "u3", "u4", "u5"}
+    assert "valid_rmse_std" in result.metrics
+    _, found = runs(tmp_path)
+    parent = [r for r in found if r.info.run_id == result.run_id][0]
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == result.run_id]
+    assert len(children) == 5 and all(c.info.status == "FINISHED" for c in children)
+    assert parent.data.metrics["valid_rmse"] == pytest.approx(
+        sum(c.data.metrics["valid_rmse"] for c in children) / 5)
+
+
+def test_diverging_run_is_marked_failed_with_the_reason(tiny, tmp_path):
+    cfg = make_cfg(*tiny, "model.y_range=null", "optim=sgd", "optim.lr=1e6", "schedule=constant")
+    with pytest.raises(DivergedError, match="diverged"):
+        run(cfg)
+    _, found = runs(tmp_path)
+    assert found[0].info.status == "FAILED"
+    assert "diverged" in found[0].data.tags["failure_reason"]
+
+
+@pytest.mark.parametrize("uri, hint", [("http://127.0.0.1:9", "cannot reach"), ("sqlite:////nonexistent/dir/x.db", "not writable")])
+def test_unreachable_store_fails_before_training(tiny, uri, hint):
+    with pytest.raises(TrackingError, match=hint):
+        run(make_cfg(*tiny, f"tracking.uri={uri}"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_run_killed(tmp_path, movielens_dir):
+    cmd = [sys.executable, "-m", "lesson5", f"data.path={movielens_dir}", "data.verify=false", "trainer.epochs=1000",
+           "trainer.progress=false", "tracking.experiment=test"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until training has logged an epoch
+        time.sleep(0.5)
+        exp = client.get_experiment_by_name("test") if (tmp_path / "mlflow.db").exists() else None
+        if exp and any("epoch" in r.data.metrics for r in client.search_runs([exp.experiment_id])):
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # the whole process group, as a terminal's Ctrl-C does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    (r,) = client.search_runs([exp.experiment_id])
+    assert r.info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_writer_fails_runs_whose_trainer_died(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, time
+        from lesson5.tracking import Tracker
+        t = Tracker("sqlite:///{tmp_path}/mlflow.db")
+        rid = t.start_run(experiment="test", name="doomed", params={{}}, tags={{}})
+        t.run_info(rid)
+        os._exit(3)  # dies without closing the run
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=120)
+    assert done.returncode == 3
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        _, found = runs(tmp_path)
+        if found and found[0].info.status != "RUNNING":
+            break
+        time.sleep(0.5)
+    assert found[0].info.status == "FAILED"
+    assert "exited without closing" in found[0].data.tags["failure_reason"]
