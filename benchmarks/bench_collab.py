@@ -1,0 +1,116 @@
+"""Collab benchmark: lesson5 against fastai's collab_learner on the lesson recipe, side by side.
+
+    python benchmarks/bench_collab.py [--repeats 3] [--no-fastai]
+
+Each case runs in a fresh subprocess, in turn, `--repeats` times; the table shows medians and ratios against
+the first case (the baseline), because absolute times on shared machines drift. Cases:
+  fastai        collab_learner(n_factors=40, y_range=(0, 5.5), wd=0.1); fit_one_cycle(5, 5e-3); bs 64, 10% valid
+  lesson5       the same recipe (the defaults), tracking=none
+  lesson5+mlflow  the same, tracked into a fresh SQLite store (wall time includes waiting for the writer)
+  collab_fast   experiment=collab_fast, tracking=none
+fastai is optional (`pip install -e .[bench]`); without it the lesson5 run is the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def case_fastai() -> dict:
+    import pandas as pd
+    import torch
+    from fastai.collab import CollabDataLoaders, collab_learner
+
+    from lesson5.config import MovieLensConf
+    from lesson5.data import movielens
+
+    ratings, items = movielens.read(movielens.locate(MovieLensConf()))
+    df = ratings.merge(items, on="movie_id")[["user_id", "title", "rating"]]
+    torch.manual_seed(42)
+    dls = CollabDataLoaders.from_df(df, valid_pct=0.1, seed=42, item_name="title", bs=64)
+    learn = collab_learner(dls, n_factors=40, y_range=(0, 5.5), wd=0.1)
+    t = time.perf_counter()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(5, 5e-3)
+    seconds = time.perf_counter() - t
+    valid_mse = float(learn.validate()[0])
+    return {"fit_s": seconds, "wall_s": seconds, "valid_rmse": valid_mse**0.5, "threads": torch.get_num_threads()}
+
+
+def case_lesson5(*overrides: str) -> dict:
+    from hydra import compose, initialize_config_dir
+
+    from lesson5.config import register
+    from lesson5.run import run
+
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["trainer.progress=false", *overrides])
+    t = time.perf_counter()
+    result = run(cfg)  # includes reading the cache, building the model and, when tracked, closing the run
+    wall = time.perf_counter() - t
+    return {"fit_s": result.metrics["train_seconds"], "wall_s": wall, "valid_rmse": result.metrics["valid_rmse"]}
+
+
+def cases(with_fastai: bool, store: str) -> dict[str, list[str]]:
+    out = {"fastai": ["fastai"]} if with_fastai else {}
+    out["lesson5"] = ["lesson5", "tracking=none"]
+    out["lesson5+mlflow"] = ["lesson5", f"tracking.uri=sqlite:///{store}/mlflow.db", "tracking.experiment=bench"]
+    out["collab_fast"] = ["lesson5", "experiment=collab_fast", "tracking=none"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-fastai", action="store_true")
+    ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    args = ap.parse_args()
+    if args.one:
+        kind, *overrides = args.one
+        print(json.dumps(case_fastai() if kind == "fastai" else case_lesson5(*overrides)))
+        return
+    try:
+        import fastai  # noqa: F401
+
+        with_fastai = not args.no_fastai
+    except ImportError:
+        with_fastai = False
+        print("fastai is not installed (pip install -e .[bench]); lesson5 is the baseline")
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as store:
+        plan = cases(with_fastai, store)
+        for r in range(args.repeats):
+            for name, argv in plan.items():  # interleaved, so drift hits every case alike
+                out = subprocess.run([sys.executable, __file__, "--one", *argv], cwd=ROOT, capture_output=True,
+                                     text=True)
+                if out.returncode != 0:
+                    sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
+                results.setdefault(name, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"  repeat {r + 1} {name}: {results[name][-1]}", file=sys.stderr)
+    med = {n: {k: statistics.median(x[k] for x in rs) for k in ("fit_s", "wall_s", "valid_rmse")}
+           for n, rs in results.items()}
+    base = next(iter(med))
+    print(f"\nmedians of {args.repeats} interleaved repeats; ratios are baseline ({base}) time / case time")
+    print(f"{'case':<16}{'fit s':>8}{'speedup':>9}{'run s':>8}{'speedup':>9}{'valid_rmse':>12}")
+    for name, m in med.items():
+        print(f"{name:<16}{m['fit_s']:>8.2f}{med[base]['fit_s'] / m['fit_s']:>8.1f}x{m['wall_s']:>8.2f}"
+              f"{med[base]['wall_s'] / m['wall_s']:>8.1f}x{m['valid_rmse']:>12.4f}")
+    if "lesson5+mlflow" in med:
+        on, off = med["lesson5+mlflow"], med["lesson5"]
+        print(f"\ntracking overhead: fit {100 * (on['fit_s'] / off['fit_s'] - 1):+.1f}%, "
+              f"whole run {100 * (on['wall_s'] / off['wall_s'] - 1):+.1f}% "
+              f"({on['wall_s'] - off['wall_s']:+.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
