@@ -19,6 +19,8 @@ from lesson5.config import Impl, OptimConf, OptimName, WdMode
 
 def momentum_key(conf: OptimConf) -> Optional[str]:
     """The param-group key a momentum schedule moves, or None for optimizers without momentum."""
+    if conf.impl is Impl.scratch:  # scratch optimizers keep every coefficient under its config name
+        return "momentum" if conf.name in (OptimName.adam, OptimName.momentum) else None
     return {OptimName.adam: "betas", OptimName.momentum: "momentum"}.get(conf.name)
 
 
@@ -41,9 +43,9 @@ def build(conf: OptimConf, groups: Sequence[Sequence[nn.Parameter]], lrs: Sequen
                                   weight_decay=0.0 if decoupled else wd)
     else:
         mom = conf.momentum if conf.name is OptimName.momentum else 0.0
-        # dampening=1-mom makes torch's buffer the lesson's moving average v = mom*v + (1-mom)*g, started at the
+        # dampening=mom makes torch's buffer the lesson's moving average v = mom*v + (1-mom)*g, started at the
         # first gradient (like pandas' ewm(adjust=False)), rather than fastai's undamped v = mom*v + g.
-        opt = torch.optim.SGD(param_groups, lr=lrs[-1], momentum=mom, dampening=1 - mom if mom else 0.0,
+        opt = torch.optim.SGD(param_groups, lr=lrs[-1], momentum=mom, dampening=mom,
                               weight_decay=0.0 if decoupled else wd)
     return DecoupledDecay(opt, wd) if decoupled and wd else opt
 

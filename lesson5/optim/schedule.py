@@ -67,4 +67,4 @@ def _set_mom(group: dict, key: str, mom: float) -> None:
     else:
         group[key] = mom
         if group.get("dampening"):  # keep SGD's momentum a moving average: v = mom*v + (1-mom)*g
-            group["dampening"] = 1 - mom
+            group["dampening"] = mom

@@ -1,0 +1,87 @@
+"""Scratch optimizers follow torch.optim's trajectories; L2 equals decoupled decay for SGD, not for Adam."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lesson5 import optim
+from lesson5.config import Impl, OptimConf, OptimName, WdMode
+
+STEPS = 150
+
+
+def model_and_data(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    return model, x, y
+
+
+def trajectory(conf: OptimConf, steps=STEPS, extra_loss=None):
+    model, x, y = model_and_data()
+    opt = optim.build(conf, [list(model.parameters())], [conf.lr])
+    out = []
+    for i in range(steps):
+        xb, yb = x[(i * 16) % 64 :][:16], y[(i * 16) % 64 :][:16]
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        if extra_loss is not None:
+            loss = loss + extra_loss(model)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        out.append(torch.cat([p.detach().flatten() for p in model.parameters()]).clone())
+    return torch.stack(out)
+
+
+CASES = [(name, mode, wd) for name in OptimName for mode in WdMode for wd in (0.0, 0.1)]
+
+
+@pytest.mark.parametrize("name, mode, wd", CASES, ids=[f"{n.value}-{m.value}-wd{w}" for n, m, w in CASES])
+def test_scratch_matches_torch(name, mode, wd):
+    lr = {OptimName.sgd: 0.1, OptimName.momentum: 0.1, OptimName.rmsprop: 1e-2, OptimName.adam: 1e-2}[name]
+    conf = OptimConf(name=name, lr=lr, wd=wd, wd_mode=mode, momentum=0.9, sqr_mom=0.99, eps=1e-5)
+    ours = trajectory(_with(conf, Impl.scratch))
+    theirs = trajectory(_with(conf, Impl.torch))
+    assert not torch.equal(ours[0], ours[-1])  # the parameters moved
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def _with(conf, impl):
+    c = copy.copy(conf)
+    c.impl = impl
+    return c
+
+
+def test_scratch_optimizer_follows_a_momentum_schedule():
+    conf = OptimConf(name=OptimName.adam, impl=Impl.scratch, lr=1e-2)
+    model, _, _ = model_and_data()
+    opt = optim.build(conf, [list(model.parameters())], [conf.lr])
+    assert optim.momentum_key(conf) == "momentum" and opt.param_groups[0]["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("impl", list(Impl))
+def test_l2_equals_decoupled_for_plain_sgd(impl):
+    l2 = trajectory(OptimConf(name=OptimName.sgd, impl=impl, lr=0.1, wd=0.05, wd_mode=WdMode.l2))
+    dec = trajectory(OptimConf(name=OptimName.sgd, impl=impl, lr=0.1, wd=0.05, wd_mode=WdMode.decoupled))
+    torch.testing.assert_close(l2, dec, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", list(Impl))
+def test_l2_differs_from_decoupled_for_adam(impl):
+    l2 = trajectory(OptimConf(name=OptimName.adam, impl=impl, lr=1e-2, wd=0.1, wd_mode=WdMode.l2))
+    dec = trajectory(OptimConf(name=OptimName.adam, impl=impl, lr=1e-2, wd=0.1, wd_mode=WdMode.decoupled))
+    assert (l2[-1] - dec[-1]).abs().max() > 1e-2
+
+
+def test_lessons_update_is_l2_with_twice_the_wd():
+    """The lesson adds wd * sum(w**2) to the loss; our l2 adds wd * w to the gradient, so ours needs 2 * wd."""
+    wd = 1e-3
+
+    def lesson_penalty(model):
+        return wd * sum((p**2).sum() for p in model.parameters())
+
+    lesson = trajectory(OptimConf(name=OptimName.sgd, impl=Impl.scratch, lr=0.1, wd=0.0), extra_loss=lesson_penalty)
+    ours = trajectory(OptimConf(name=OptimName.sgd, impl=Impl.scratch, lr=0.1, wd=2 * wd, wd_mode=WdMode.l2))
+    torch.testing.assert_close(lesson, ours, rtol=1e-5, atol=1e-6)
