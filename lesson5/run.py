@@ -8,6 +8,7 @@ FINISHED, FAILED (with the reason as a tag) or KILLED.
 from __future__ import annotations
 
 import io
+import json
 import platform
 import resource
 import statistics
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import lesson5
 from lesson5 import data as datasets
-from lesson5 import models, optim
+from lesson5 import losses, metrics, models, optim
 from lesson5.callbacks import ProgressBar, TrackMetrics
 from lesson5.config import Config, flatten, validate
 from lesson5.learner import Callback, Learner
@@ -85,7 +86,8 @@ def fit_fold(conf: Config, data: datasets.Data, fold: datasets.Fold, device: tor
     mom_key = optim.momentum_key(conf.optim)
     learn = Learner(model, fold.train, fold.valid, opt=opt, bs=conf.trainer.bs, seed=conf.trainer.seed,
                     scheduler_factory=lambda o, total: Scheduler(conf.schedule, o, total, mom_key),
-                    callbacks=callbacks, device=device)
+                    callbacks=callbacks, device=device, loss_fn=losses.build(model.loss, conf.loss.impl),
+                    diverge_factor=conf.trainer.diverge_factor)
     learn.fit(conf.trainer.epochs)
     return learn
 
@@ -148,7 +150,11 @@ def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[C
             per_fold[fold.name] = {**learn.metrics, "train_seconds": learn.train_seconds}
             if fold_rid is not None:
                 tracker.log_metrics(fold_rid, [("train_seconds", learn.train_seconds, learn.step)])
-                tracker.log_files(fold_rid, {"model/weights.pt": _weights(learn.model)})
+                files = {"model/weights.pt": _weights(learn.model)}
+                if learn.loss_name == "cross_entropy":
+                    cm = metrics.confusion_matrix(learn.model, learn.valid_x, learn.valid_y, data.sizes["n_classes"])
+                    files["confusion_matrix.json"] = json.dumps(cm).encode()
+                tracker.log_files(fold_rid, files)
                 if fold_rid != rid:
                     tracker.end_run(fold_rid, "FINISHED")
             fold_rid = None

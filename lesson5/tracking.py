@@ -200,6 +200,14 @@ class _Writer:
                 path.write_bytes(data)
                 folder = str(Path(rel).parent)
                 self.client.log_artifact(self.runs[rid], str(path), None if folder == "." else folder)
+                if path.name == "confusion_matrix.json":
+                    import json
+
+                    from lesson5 import plots
+
+                    fig = plots.confusion(json.loads(data))
+                    self.client.log_figure(self.runs[rid], fig, "plots/confusion_matrix.png")
+                    plots.plt.close(fig)
 
     def end(self, rid, status, reason):
         run_id = self.runs[rid]

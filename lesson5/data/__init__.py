@@ -7,7 +7,8 @@ import importlib
 from lesson5.data.folds import Data, Fold
 
 # name -> module with a build(conf) -> Data; imported only when used.
-REGISTRY = {"movielens": "lesson5.data.movielens"}
+REGISTRY = {"movielens": "lesson5.data.movielens", "mnist": "lesson5.data.mnist",
+            "fashion_mnist": "lesson5.data.mnist"}
 
 
 def build(conf) -> Data:
