@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def case_fastai() -> dict:
-    import pandas as pd
     import torch
     from fastai.collab import CollabDataLoaders, collab_learner
 

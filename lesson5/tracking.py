@@ -147,8 +147,7 @@ class Tracker:
 
 class _Writer:
     def __init__(self, uri: str, outbox):
-        import mlflow  # noqa: F401 - imported here, in the writer, never in the trainer
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # imported here, in the writer, never in the trainer
 
         self.client = MlflowClient(tracking_uri=uri)
         self.client.search_experiments(max_results=1)  # touch the store now, so a bad one is reported early
@@ -166,7 +165,7 @@ class _Writer:
             return self.client.get_experiment_by_name(name).experiment_id
 
     def start(self, rid, parent, experiment, name, params, tags, files):
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         exp_id = self._experiment_id(experiment)

