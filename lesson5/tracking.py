@@ -136,6 +136,9 @@ class Tracker:
         self._proc.join(timeout=10)
         if self._proc.is_alive():
             self._proc.terminate()
+        for q in (self._inbox, self._outbox):  # release their semaphores and feeder threads now
+            q.close()
+            q.join_thread()
         if msg is None:
             raise TrackingError(f"the MLflow writer did not finish within {timeout:.0f} s ({self.uri})")
         if self._errors:
