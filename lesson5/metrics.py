@@ -21,19 +21,21 @@ METRICS = {"mse": regression, "cross_entropy": classification}
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, x: Tensor, y: Tensor, loss: str, bs: int = 8192) -> dict[str, float]:
-    """Validation metrics over the whole set, predicted in large batches."""
+def predict(model: torch.nn.Module, x: Tensor, bs: int = 8192) -> Tensor:
+    """The model's outputs for all of x, in large batches, in eval mode."""
     model.eval()
     out = torch.cat([model(x[i : i + bs]) for i in range(0, len(x), bs)])
     model.train()
-    return METRICS[loss](out.float(), y)
+    return out.float()
 
 
-@torch.inference_mode()
-def confusion_matrix(model: torch.nn.Module, x: Tensor, y: Tensor, n_classes: int, bs: int = 8192) -> list[list[int]]:
+def evaluate(model: torch.nn.Module, x: Tensor, y: Tensor, loss: str) -> dict[str, float]:
+    """Validation metrics over the whole set."""
+    return METRICS[loss](predict(model, x), y)
+
+
+def confusion_matrix(model: torch.nn.Module, x: Tensor, y: Tensor, n_classes: int) -> list[list[int]]:
     """Counts of (true class, predicted class) over the validation set."""
-    model.eval()
-    pred = torch.cat([model(x[i : i + bs]).argmax(1) for i in range(0, len(x), bs)])
-    model.train()
+    pred = predict(model, x).argmax(1)
     counts = torch.bincount(y * n_classes + pred, minlength=n_classes * n_classes)
     return counts.view(n_classes, n_classes).tolist()

@@ -52,10 +52,13 @@ def confusion(matrix: list[list[int]]):
     return fig
 
 
-def run_figures(series: Series) -> Iterator[tuple[str, object]]:
-    """(name, figure) for every plot the series allow; each figure is closed after use."""
-    for name, draw, needs in (("loss", loss_curve, "train_loss_step"), ("schedule", schedule, "lr")):
-        if series.get(needs):
-            fig = draw(series)
-            yield name, fig
-            plt.close(fig)
+def run_figures(series: Series, tables: dict[str, object] = {}) -> Iterator[tuple[str, object]]:
+    """(name, figure) for every plot the metric series and JSON artifacts allow; each figure is closed after use."""
+    drawable = [(name, draw, series) for name, draw, needs in
+                (("loss", loss_curve, "train_loss_step"), ("schedule", schedule, "lr")) if series.get(needs)]
+    if "confusion_matrix.json" in tables:
+        drawable.append(("confusion_matrix", confusion, tables["confusion_matrix.json"]))
+    for name, draw, source in drawable:
+        fig = draw(source)
+        yield name, fig
+        plt.close(fig)

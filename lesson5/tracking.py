@@ -12,6 +12,7 @@ This module is imported by the writer, so it must not import torch.
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing as mp
 import os
 import queue
@@ -157,6 +158,7 @@ class _Writer:
         self.outbox = outbox
         self.runs: dict[int, str] = {}
         self.series: dict[int, dict[str, list[tuple[int, float]]]] = {}
+        self.tables: dict[int, dict[str, object]] = {}  # JSON artifacts by path, per run
 
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -176,7 +178,7 @@ class _Writer:
             tags = {**tags, MLFLOW_PARENT_RUN_ID: self.runs[parent]}
         run = self.client.create_run(exp_id, run_name=name, tags=tags)
         run_id = run.info.run_id
-        self.runs[rid], self.series[rid] = run_id, {}
+        self.runs[rid], self.series[rid], self.tables[rid] = run_id, {}, {}
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
@@ -202,14 +204,8 @@ class _Writer:
                 path.write_bytes(data)
                 folder = str(Path(rel).parent)
                 self.client.log_artifact(self.runs[rid], str(path), None if folder == "." else folder)
-                if path.name == "confusion_matrix.json":
-                    import json
-
-                    from lesson5 import plots
-
-                    fig = plots.confusion(json.loads(data))
-                    self.client.log_figure(self.runs[rid], fig, "plots/confusion_matrix.png")
-                    plots.plt.close(fig)
+                if rel.endswith(".json"):  # data for the plots drawn when the run ends
+                    self.tables[rid][rel] = json.loads(data)
 
     def end(self, rid, status, reason):
         run_id = self.runs[rid]
@@ -219,12 +215,12 @@ class _Writer:
             if reason:
                 self.client.set_tag(run_id, "failure_reason", reason[:5000])
             self.client.set_terminated(run_id, status)
-            del self.series[rid]
+            del self.series[rid], self.tables[rid]
 
     def _plot(self, rid):
         from lesson5 import plots
 
-        for name, fig in plots.run_figures(self.series[rid]):
+        for name, fig in plots.run_figures(self.series[rid], self.tables[rid]):
             self.client.log_figure(self.runs[rid], fig, f"plots/{name}.png")
 
     def fail_open_runs(self, reason):

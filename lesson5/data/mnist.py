@@ -75,7 +75,8 @@ def _find(folder: Path, name: str) -> Path:
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.is_file():
             return candidate
-    raise DataError(f"{folder}: no {name} or {name}.gz there")
+    raise DataError(f"{folder}: no {name} or {name}.gz there; put the four IDX files ({', '.join(IDX.values())}), "
+                    f"gzipped or not, in that folder")
 
 
 def read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
@@ -160,9 +161,10 @@ def load(conf) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         folder = fetch("fashion-mnist", files, [sources[s] for s in conf.sources if s in sources],
                        cache_dir=conf.cache_dir, known=FASHION_SHA256, offline_hint=hint)
         return read_idx_folder(folder), {"variant": "fashion_mnist", "source": str(folder)}
+    sources = {"download": Source(f"canonical download ({MNIST_URL})", _idx_download(MNIST_URL, MNIST_MD5))}
     try:
-        folder = fetch("mnist", files, [Source(f"canonical download ({MNIST_URL})", _idx_download(MNIST_URL, MNIST_MD5))]
-                       if "download" in conf.sources else [], cache_dir=conf.cache_dir, offline_hint=hint)
+        folder = fetch("mnist", files, [sources[s] for s in conf.sources if s in sources], cache_dir=conf.cache_dir,
+                       offline_hint=hint)
         return read_idx_folder(folder), {"variant": "mnist", "source": str(folder)}
     except DataError as full_error:
         if "subset" not in conf.sources:
