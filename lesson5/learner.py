@@ -13,12 +13,15 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from lesson5 import losses, optim
 from lesson5.errors import DivergedError
-from lesson5 import losses
 from lesson5.metrics import evaluate
 from lesson5.optim.schedule import Scheduler
 
 CHECK_EVERY = 64  # steps between finiteness checks of the loss (each check syncs with the device)
+# Up to this size a dataset is gathered into shuffled order once per epoch and batches are free slices of it;
+# beyond, allocating (and page-faulting) a fresh copy each epoch costs more than gathering each batch.
+PERMUTE_MAX_BYTES = 1 << 24
 
 
 class Callback:
@@ -59,6 +62,15 @@ class Learner:
         for cb in self.callbacks:
             getattr(cb, event)(self)
 
+    def _batches(self):
+        """(x, y) batches of one epoch in a fresh random order."""
+        bs = self.bs
+        perm = torch.randperm(len(self.train_y), generator=self.gen).to(self.device)
+        x, y = self.train_x, self.train_y
+        if x.nbytes + y.nbytes <= PERMUTE_MAX_BYTES:
+            return zip(x[perm].split(bs), y[perm].split(bs))
+        return ((x[idx], y[idx]) for idx in perm.split(bs))
+
     def _check_finite(self, losses: list[Tensor]) -> None:
         """Raise DivergedError if a loss in the window is NaN/inf or beyond diverge_factor times the start."""
         window = torch.stack(losses)
@@ -81,25 +93,28 @@ class Learner:
         self.scheduler: Scheduler = self.scheduler_factory(self.opt, epochs * self.steps_per_epoch)
         self._emit("before_fit")
         start = time.perf_counter()
-        model, opt, loss_fn, bs = self.model, self.opt, self.loss_fn, self.bs
-        n = len(self.train_y)
+        model, loss_fn = self.model, self.loss_fn
+        opt_step = optim.stepper(self.opt)
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        # only callbacks that override after_step are called per step
+        step_hooks = [cb.after_step for cb in self.callbacks if type(cb).after_step is not Callback.after_step]
         for self.epoch in range(epochs):
-            perm = torch.randperm(n, generator=self.gen).to(self.device)
-            xs, ys = self.train_x[perm], self.train_y[perm]
             self.epoch_losses, self.epoch_lrs, self.epoch_moms = [], [], []
-            for i in range(0, n, bs):
+            for xb, yb in self._batches():
                 lr, mom = self.scheduler.step(self.step)
-                loss = loss_fn(model(xs[i : i + bs]), ys[i : i + bs])
+                loss = loss_fn(model(xb), yb)
                 loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                opt_step()
+                for p in params:  # zero_grad(set_to_none=True), without its profiler record
+                    p.grad = None
                 self.step += 1
                 self.epoch_losses.append(loss.detach())
                 self.epoch_lrs.append(lr)
                 self.epoch_moms.append(mom)
                 if self.step % CHECK_EVERY == 0:
                     self._check_finite(self.epoch_losses[-CHECK_EVERY:])
-                self._emit("after_step")
+                for hook in step_hooks:
+                    hook(self)
             tail = len(self.epoch_losses) % CHECK_EVERY
             if tail:
                 self._check_finite(self.epoch_losses[-tail:])
