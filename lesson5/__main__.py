@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lesson5.config import register
+from lesson5.config import register, validate
 from lesson5.errors import Lesson5Error
 
 register()
@@ -46,11 +46,20 @@ def report(result) -> None:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from lesson5.run import run
+    from lesson5.tracking import Tracker
 
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        result = run(cfg, overrides=list(HydraConfig.get().overrides.task))
+        conf = validate(cfg)
+        # Start the MLflow writer before importing torch: its own imports and store setup overlap ours.
+        tracker = Tracker(conf.tracking.uri) if conf.tracking.enabled else None
+        try:
+            from lesson5.run import run
+
+            result = run(cfg, overrides=list(HydraConfig.get().overrides.task), tracker=tracker)
+        finally:
+            if tracker is not None:
+                tracker.close()
     except Lesson5Error as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

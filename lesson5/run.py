@@ -113,16 +113,27 @@ def _summary(per_fold: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[Callback] = (),
         tracker: Optional[Tracker] = None, parent: Optional[int] = None) -> RunResult:
-    """Validate, fetch the data, train every fold, track it all; the one training path."""
+    """Validate, fetch the data, train every fold, track it all; the one training path.
+
+    Pass a `tracker` to share one MLflow writer across runs (sweeps); otherwise a run starts and closes its own.
+    """
     conf = validate(cfg)
+    own_tracker = tracker is None and conf.tracking.enabled
+    if own_tracker:
+        tracker = Tracker(conf.tracking.uri)  # the writer imports MLflow while the data loads
+    try:
+        return _run(cfg, conf, overrides, callbacks, tracker, parent)
+    finally:
+        if own_tracker:
+            tracker.close()
+
+
+def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Sequence[Callback],
+         tracker: Optional[Tracker], parent: Optional[int]) -> RunResult:
     device = pick_device(conf.trainer.device)
     if conf.trainer.threads:
         torch.set_num_threads(conf.trainer.threads)
     data = datasets.build(conf.data)
-
-    own_tracker = tracker is None and conf.tracking.enabled
-    if own_tracker:
-        tracker = Tracker(conf.tracking.uri)
     rid = None
     if tracker is not None:
         params = {**flatten(cfg), **{f"data.info.{k}": v for k, v in data.info.items()}}
@@ -174,8 +185,6 @@ def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[C
                 tracker.end_run(fold_rid, status, reason)
             if rid is not None:
                 tracker.end_run(rid, status, reason)
-            if own_tracker:
-                tracker.close()
     if tracker is not None:
         info = tracker.run_info(rid)
         result.run_id, result.experiment_id, result.tracking_uri = info["run_id"], info["experiment_id"], tracker.uri
