@@ -68,8 +68,8 @@ class Learner:
         perm = torch.randperm(len(self.train_y), generator=self.gen).to(self.device)
         x, y = self.train_x, self.train_y
         if x.nbytes + y.nbytes <= PERMUTE_MAX_BYTES:
-            return zip(x[perm].split(bs), y[perm].split(bs))
-        return ((x[idx], y[idx]) for idx in perm.split(bs))
+            return zip(x.index_select(0, perm).split(bs), y.index_select(0, perm).split(bs))
+        return ((x.index_select(0, idx), y.index_select(0, idx)) for idx in perm.split(bs))
 
     def _check_finite(self, losses: list[Tensor]) -> None:
         """Raise DivergedError if a loss in the window is NaN/inf or beyond diverge_factor times the start."""
