@@ -10,6 +10,7 @@ tracking included, as a user waits for it. Cases:
   lesson5       `python -m lesson5 tracking=none`: the same recipe (the defaults)
   lesson5+mlflow  `python -m lesson5`, tracked into a SQLite store (new on the first repeat, then reused)
   collab_fast   `python -m lesson5 experiment=collab_fast tracking=none`
+Then, in one process, run(cfg) as sweep trials call it, untracked and tracked through one shared writer.
 fastai is optional (`pip install -e .[bench]`); without it the lesson5 run is the baseline.
 """
 
@@ -59,6 +60,36 @@ def case_lesson5(*overrides: str) -> dict:
     return {"fit_s": float(table["train_seconds"]), "valid_rmse": float(table["valid_rmse"])}
 
 
+def case_sweep_trials(store: str, repeats: int) -> dict:
+    """run(cfg) in one process, as sweep trials call it: untracked, then tracked through one shared writer.
+
+    Trials share a Tracker, so the writer's start-up is paid once and its plotting overlaps the next trial; the
+    wall time of each run() call is what a sweep pays per trial. The first call of each kind warms up imports.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from lesson5.config import register
+    from lesson5.run import run
+    from lesson5.tracking import Tracker
+
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        off = compose(config_name="config", overrides=["trainer.progress=false", "tracking=none"])
+        on = compose(config_name="config", overrides=["trainer.progress=false", f"tracking.uri=sqlite:///{store}/sweep.db"])
+    tracker = Tracker(on.tracking.uri)
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        for r in range(repeats + 1):
+            for kind, cfg in (("off", off), ("on", on)):
+                t = time.perf_counter()
+                run(cfg, tracker=tracker if kind == "on" else None)
+                if r:
+                    times[kind].append(time.perf_counter() - t)
+    finally:
+        tracker.close()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def cases(with_fastai: bool, store: str) -> dict[str, list[str]]:
     out = {"fastai": ["fastai"]} if with_fastai else {}
     out["lesson5"] = ["lesson5", "tracking=none"]
@@ -85,9 +116,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-fastai", action="store_true")
     ap.add_argument("--fastai", action="store_true", help=argparse.SUPPRESS)  # internal: the fastai case, as JSON
+    ap.add_argument("--sweep-trials", help=argparse.SUPPRESS)  # internal: the sweep-trial case, as JSON
     args = ap.parse_args()
     if args.fastai:
         print(json.dumps(case_fastai()))
+        return
+    if args.sweep_trials:
+        print(json.dumps(case_sweep_trials(args.sweep_trials, args.repeats)))
         return
     try:
         import fastai  # noqa: F401
@@ -103,6 +138,11 @@ def main() -> None:
             for name, argv in plan.items():  # interleaved, so drift hits every case alike
                 results.setdefault(name, []).append(one(argv))
                 print(f"  repeat {r + 1} {name}: {results[name][-1]}", file=sys.stderr)
+        out = subprocess.run([sys.executable, __file__, "--sweep-trials", store, "--repeats", str(args.repeats)],
+                             cwd=ROOT, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"sweep trials failed:\n{out.stderr[-3000:]}")
+        trials = json.loads(out.stdout.strip().splitlines()[-1])
     med = {n: {k: statistics.median(x[k] for x in rs) for k in ("fit_s", "command_s", "valid_rmse")}
            for n, rs in results.items()}
     base = next(iter(med))
@@ -116,6 +156,8 @@ def main() -> None:
         print(f"\ntracking overhead: fit {100 * (on['fit_s'] / off['fit_s'] - 1):+.1f}%, "
               f"whole command {100 * (on['command_s'] / off['command_s'] - 1):+.1f}% "
               f"({on['command_s'] - off['command_s']:+.2f} s)")
+    print(f"sweep trials (run(cfg) in one process, one shared writer): untracked {trials['off']:.2f} s, "
+          f"tracked {trials['on']:.2f} s, {100 * (trials['on'] / trials['off'] - 1):+.1f}% per trial")
 
 
 if __name__ == "__main__":
