@@ -78,11 +78,14 @@ class Tracker:
                   files: dict[str, bytes] = {}, parent: Optional[int] = None) -> int:
         rid = next(self._ids)
         self._open.add(rid)
+        # as plain strings: unpickling a torch or numpy value (torch.__version__ is one) imports torch in the writer
+        params, tags = {k: str(v) for k, v in params.items()}, {k: str(v) for k, v in tags.items()}
         self._inbox.put(("start", rid, parent, experiment, name, params, tags, files))
         return rid
 
     def log_metrics(self, rid: int, rows: list[tuple[str, float, int]]) -> None:
         """(key, value, step) rows, stamped now."""
+        rows = [(k, float(v), int(s)) for k, v, s in rows]  # plain Python values, never tensors (see start_run)
         self._inbox.put(("metrics", rid, int(time.time() * 1000), rows))
 
     def log_files(self, rid: int, files: dict[str, bytes]) -> None:
@@ -183,7 +186,7 @@ class _Writer:
         run = self.client.create_run(exp_id, run_name=name, tags=tags)
         run_id = run.info.run_id
         self.runs[rid], self.series[rid], self.tables[rid] = run_id, {}, {}
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, v[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
         self.files(rid, files)
