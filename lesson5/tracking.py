@@ -264,6 +264,7 @@ def _writer(uri: str, inbox, outbox) -> None:
             outbox.put(("closed",))
             outbox.close()
             outbox.join_thread()
+            sys.stdout.flush()
             sys.stderr.flush()
             # Everything is committed. Skip the interpreter's teardown of MLflow's module graph (~1.4 s here),
             # which the trainer would otherwise wait for.

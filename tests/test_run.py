@@ -130,3 +130,14 @@ def test_writer_fails_runs_whose_trainer_died(tmp_path):
         time.sleep(0.5)
     assert found[0].info.status == "FAILED"
     assert "exited without closing" in found[0].data.tags["failure_reason"]
+
+
+def test_closing_a_tracker_whose_writer_died_fails_at_once(tmp_path):
+    """A writer killed (say, out of memory) is reported as such, not waited on until close()'s timeout."""
+    from lesson5.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    tracker._proc.kill()
+    tracker._proc.join(10)
+    with pytest.raises(TrackingError, match="writer exited"):
+        tracker.close(timeout=60)
