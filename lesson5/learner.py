@@ -30,7 +30,7 @@ class Callback:
     def before_fit(self, learn: "Learner") -> None: ...
     def after_step(self, learn: "Learner") -> None: ...
     def after_epoch(self, learn: "Learner") -> None: ...
-    def after_fit(self, learn: "Learner") -> None: ...
+    def after_fit(self, learn: "Learner") -> None: ...  # also when the fit raises
 
 
 class Learner:
@@ -98,31 +98,33 @@ class Learner:
         params = [p for g in self.opt.param_groups for p in g["params"]]
         # only callbacks that override after_step are called per step
         step_hooks = [cb.after_step for cb in self.callbacks if type(cb).after_step is not Callback.after_step]
-        for self.epoch in range(epochs):
-            self.epoch_losses, self.epoch_lrs, self.epoch_moms = [], [], []
-            for xb, yb in self._batches():
-                lr, mom = self.scheduler.step(self.step)
-                loss = loss_fn(model(xb), yb)
-                loss.backward()
-                opt_step()
-                for p in params:  # zero_grad(set_to_none=True), without its profiler record
-                    p.grad = None
-                self.step += 1
-                self.epoch_losses.append(loss.detach())
-                self.epoch_lrs.append(lr)
-                self.epoch_moms.append(mom)
-                if self.step % CHECK_EVERY == 0:
-                    self._check_finite(self.epoch_losses[-CHECK_EVERY:])
-                for hook in step_hooks:
-                    hook(self)
-            tail = len(self.epoch_losses) % CHECK_EVERY
-            if tail:
-                self._check_finite(self.epoch_losses[-tail:])
-            train_loss = torch.stack(self.epoch_losses).mean().item()
-            self.metrics = {"train_loss": train_loss,
-                            **evaluate(model, self.valid_x, self.valid_y, self.loss_name)}
+        try:
+            for self.epoch in range(epochs):
+                self.epoch_losses, self.epoch_lrs, self.epoch_moms = [], [], []
+                for xb, yb in self._batches():
+                    lr, mom = self.scheduler.step(self.step)
+                    loss = loss_fn(model(xb), yb)
+                    loss.backward()
+                    opt_step()
+                    for p in params:  # zero_grad(set_to_none=True), without its profiler record
+                        p.grad = None
+                    self.step += 1
+                    self.epoch_losses.append(loss.detach())
+                    self.epoch_lrs.append(lr)
+                    self.epoch_moms.append(mom)
+                    if self.step % CHECK_EVERY == 0:
+                        self._check_finite(self.epoch_losses[-CHECK_EVERY:])
+                    for hook in step_hooks:
+                        hook(self)
+                tail = len(self.epoch_losses) % CHECK_EVERY
+                if tail:
+                    self._check_finite(self.epoch_losses[-tail:])
+                train_loss = torch.stack(self.epoch_losses).mean().item()
+                self.metrics = {"train_loss": train_loss,
+                                **evaluate(model, self.valid_x, self.valid_y, self.loss_name)}
+                self.train_seconds = time.perf_counter() - start
+                self._emit("after_epoch")
+        finally:  # after_fit runs even when the fit raises, so callbacks can release what they hold
             self.train_seconds = time.perf_counter() - start
-            self._emit("after_epoch")
-        self.train_seconds = time.perf_counter() - start
-        self._emit("after_fit")
+            self._emit("after_fit")
         return self.metrics
