@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lesson5 import losses, optim
 from lesson5.errors import DivergedError
-from lesson5.metrics import evaluate
+from lesson5.metrics import METRICS, predict
 from lesson5.optim.schedule import Scheduler
 
 CHECK_EVERY = 64  # steps between finiteness checks of the loss (each check syncs with the device)
@@ -54,6 +54,7 @@ class Learner:
         self.epoch_lrs: list[float] = []
         self.epoch_moms: list[Optional[float]] = []
         self.metrics: dict[str, float] = {}  # the latest epoch's metrics
+        self.valid_out: Optional[Tensor] = None  # the latest epoch's validation outputs
         self.train_seconds = 0.0
         self.diverge_factor = diverge_factor
         self.start_loss: Optional[float] = None  # the first step's loss, the yardstick for divergence
@@ -120,8 +121,8 @@ class Learner:
                 if tail:
                     self._check_finite(self.epoch_losses[-tail:])
                 train_loss = torch.stack(self.epoch_losses).mean().item()
-                self.metrics = {"train_loss": train_loss,
-                                **evaluate(model, self.valid_x, self.valid_y, self.loss_name)}
+                self.valid_out = predict(model, self.valid_x)  # kept for the end-of-run tables
+                self.metrics = {"train_loss": train_loss, **METRICS[self.loss_name](self.valid_out, self.valid_y)}
                 self.train_seconds = time.perf_counter() - start
                 self._emit("after_epoch")
         finally:  # after_fit runs even when the fit raises, so callbacks can release what they hold

@@ -162,9 +162,8 @@ def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Seq
             if fold_rid is not None:
                 tracker.log_metrics(fold_rid, [("train_seconds", learn.train_seconds, learn.step)])
                 files = {"model/weights.pt": _weights(learn.model)}
-                if learn.loss_name == "cross_entropy":
-                    cm = metrics.confusion_matrix(learn.model, learn.valid_x, learn.valid_y, data.sizes["n_classes"])
-                    files["confusion_matrix.json"] = json.dumps(cm).encode()
+                for name, table in metrics.tables(learn.valid_out, learn.valid_y, learn.loss_name).items():
+                    files[name] = json.dumps(table).encode()
                 tracker.log_files(fold_rid, files)
                 if fold_rid != rid:
                     tracker.end_run(fold_rid, "FINISHED")

@@ -246,19 +246,16 @@ def _writer(uri: str, inbox, outbox) -> None:
         w = None
     broken: set[int] = set()
     while True:
+        if w is not None and "lesson5.plots" not in sys.modules and inbox.empty():
+            import lesson5.plots  # noqa: F401 - matplotlib's import (~0.5 s) while idle, not when a run ends
         try:
-            msg = inbox.get_nowait()
+            msg = inbox.get(timeout=1.0)
         except queue.Empty:
-            if w is not None and "lesson5.plots" not in sys.modules:
-                import lesson5.plots  # noqa: F401 - matplotlib's import (~0.5 s) while idle, not when a run ends
-            try:
-                msg = inbox.get(timeout=1.0)
-            except queue.Empty:
-                if os.getppid() != parent:  # the trainer died without closing its runs
-                    if w is not None:
-                        w.fail_open_runs("the training process exited without closing this run")
-                    return
-                continue
+            if os.getppid() != parent:  # the trainer died without closing its runs
+                if w is not None:
+                    w.fail_open_runs("the training process exited without closing this run")
+                return
+            continue
         kind = msg[0]
         if kind == "close":
             outbox.put(("closed",))

