@@ -1,10 +1,11 @@
 """MLflow tracking through a writer process, so that store latency never slows training.
 
 A synchronous MLflow call costs milliseconds (SQLite here: ~75 us per metric even in `log_batch`), and a lesson
-run makes ~21,000 per-step values. The trainer therefore never imports MLflow: it puts messages on a queue, and
+run makes ~21,000 per-step values. The trainer therefore does not import MLflow: it puts messages on a queue, and
 a spawned writer process, on its own core, turns them into MlflowClient calls, draws the plots and closes the
 runs. The writer ignores Ctrl-C (the trainer decides the status) and, if the trainer dies without closing its
-runs, marks them FAILED, so no run is ever left RUNNING.
+runs, marks them FAILED; if the writer itself dies, the trainer marks them FAILED (importing MLflow only
+then), so no run is left RUNNING.
 
 This module is imported by the writer, so it must not import torch.
 """
@@ -148,9 +149,24 @@ class Tracker:
         if not closed:
             why = f"exited (code {self._proc.exitcode})" if self._proc.exitcode is not None else \
                 f"did not finish within {timeout:.0f} s"
-            raise TrackingError(f"the MLflow writer {why} before writing everything to {self.uri}")
+            self._fail_running_runs(f"the MLflow writer {why} before closing this run")
+            raise TrackingError(f"the MLflow writer {why} before writing everything to {self.uri}; its runs are "
+                                f"marked FAILED. Check the machine's memory and the store, then run again.")
         if self._errors:
             raise TrackingError(f"MLflow store {self.uri}: {self._errors[0]}")
+
+    def _fail_running_runs(self, reason: str) -> None:
+        """Without a writer, close its started runs here, so none is left RUNNING (MLflow imported only now)."""
+        try:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.uri)
+            for info in self.runs.values():
+                if client.get_run(info["run_id"]).info.status == "RUNNING":
+                    client.set_tag(info["run_id"], "failure_reason", reason)
+                    client.set_terminated(info["run_id"], "FAILED")
+        except Exception as e:  # noqa: BLE001 - the store itself may be the problem; the caller raises anyway
+            print(f"lesson5 tracking: could not mark the runs FAILED: {e}", file=sys.stderr)
 
 
 # ---- the writer process ------------------------------------------------------------------------------------

@@ -133,11 +133,17 @@ def test_writer_fails_runs_whose_trainer_died(tmp_path):
 
 
 def test_closing_a_tracker_whose_writer_died_fails_at_once(tmp_path):
-    """A writer killed (say, out of memory) is reported as such, not waited on until close()'s timeout."""
+    """A writer killed (say, out of memory) is reported at once, not waited on until close()'s timeout, and the
+    run it held open is marked FAILED rather than left RUNNING."""
     from lesson5.tracking import Tracker
 
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri)
+    rid = tracker.start_run(experiment="e", name="r", params={}, tags={})
+    run_id = tracker.run_info(rid)["run_id"]
     tracker._proc.kill()
     tracker._proc.join(10)
-    with pytest.raises(TrackingError, match="writer exited"):
+    with pytest.raises(TrackingError, match="writer exited .* marked FAILED"):
         tracker.close(timeout=60)
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FAILED" and "writer exited" in run.data.tags["failure_reason"]
