@@ -1,0 +1,56 @@
+"""The writer's bulk metric path stores exactly what MLflow's own log_batch stores."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+
+from lesson5.sql_metrics import insert_metrics, sql_store
+
+# Three calls, as the writer receives them: a per-step series, a value that is NaN and one that is inf, a key
+# whose newest value comes in a later call, and one (lr) whose later call holds an older step.
+CALLS = [
+    (1_000, [("loss", 0.9, 1), ("lr", 1e-3, 1), ("loss", 0.8, 2), ("lr", 2e-3, 2)]),
+    (2_000, [("loss", float("nan"), 3), ("big", float("inf"), 3), ("big", -float("inf"), 2), ("lr", 5e-4, 0)]),
+    (3_000, [("loss", 0.7, 4), ("epoch", 1.0, 4)]),
+]
+
+
+def _stored(client: MlflowClient, run_id: str) -> tuple[dict, dict]:
+    run = client.get_run(run_id)
+    history = {k: sorted((m.step, m.timestamp, repr(m.value)) for m in client.get_metric_history(run_id, k))
+               for k in run.data.metrics}
+    latest = {k: repr(v) for k, v in run.data.metrics.items()}
+    return history, latest
+
+
+def test_bulk_insert_reads_back_like_log_batch(tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("bulk")
+    reference, bulk = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
+    store = sql_store(client)
+    assert store is not None
+    for timestamp, rows in CALLS:
+        client.log_batch(reference, metrics=[Metric(k, v, timestamp, s) for k, v, s in rows])
+        insert_metrics(store, bulk, timestamp, rows)
+    history, latest = _stored(client, bulk)
+    assert (history, latest) == _stored(client, reference)
+    assert latest["loss"] == "0.7" and latest["lr"] == "0.002" and math.isnan(float(history["loss"][2][2]))
+
+
+def test_bulk_insert_refuses_a_deleted_run_as_log_batch_does(tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("bulk")).info.run_id
+    client.delete_run(run_id)
+    with pytest.raises(MlflowException, match="must be in the 'active' state"):
+        insert_metrics(sql_store(client), run_id, 1_000, [("loss", 1.0, 1)])
+    with pytest.raises(MlflowException, match="must be in the 'active' state"):
+        client.log_batch(run_id, metrics=[Metric("loss", 1.0, 1_000, 1)])
+
+
+def test_a_tracking_server_uses_log_batch():
+    assert sql_store(MlflowClient(tracking_uri="http://127.0.0.1:9")) is None
