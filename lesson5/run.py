@@ -169,9 +169,9 @@ def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Seq
                     tracker.end_run(fold_rid, "FINISHED")
             fold_rid = None
         result = RunResult({**_summary(per_fold), **peak_memory()}, per_fold, model=learn.model)
-        if tracker is not None:
-            step = learn.step if len(per_fold) == 1 else 0
-            tracker.log_metrics(rid, [(k, v, step) for k, v in result.metrics.items()])
+        if tracker is not None:  # what the run lacks: a single fold's run has its own metrics already
+            logged, step = (per_fold[fold.name], learn.step) if len(per_fold) == 1 else ({}, 0)
+            tracker.log_metrics(rid, [(k, v, step) for k, v in result.metrics.items() if k not in logged])
     except KeyboardInterrupt:
         status, reason = "KILLED", "interrupted (Ctrl-C or SIGTERM)"
         raise

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+from mlflow.entities import Metric
 from mlflow.store.tracking.dbmodels.models import SqlMetric
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from sqlalchemy import insert, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 
@@ -27,21 +29,27 @@ def sql_store(client) -> Optional[SqlAlchemyStore]:
 
 def insert_metrics(store: SqlAlchemyStore, run_id: str, timestamp: int, rows: list[tuple[str, float, int]]) -> None:
     """(key, value, step) rows, stamped `timestamp` (ms), into an active run: what log_batch stores, faster."""
-    if not rows:
-        return
-    records, latest = [], {}
+    records, latest = {}, {}
     for key, value, step in rows:
         is_nan, value = store.sanitize_metric_value(float(value))
         rec = {"run_uuid": run_id, "key": key, "value": value, "timestamp": timestamp, "step": step,
                "is_nan": is_nan}
-        records.append(rec)
+        records.setdefault((key, value, step, is_nan), rec)  # a repeated row is stored once, as log_batch does
         best = latest.get(key)
         if best is None or (step, timestamp, value) > (best["step"], best["timestamp"], best["value"]):
             latest[key] = rec
-    with Session(store.engine) as session, session.begin():
-        if store.engine.dialect.name == "sqlite":  # as MLflow's own sessions: wait for other writers' locks
-            session.execute(text("PRAGMA busy_timeout = 20000"))
-        store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
-        session.execute(insert(SqlMetric), records)
-        # only each key's newest row can change the run's summary; the store compares it with what is there
-        store._update_latest_metrics_if_necessary([SqlMetric(**r) for r in latest.values()], session)
+    if not records:
+        return
+    try:
+        with Session(store.engine) as session, session.begin():
+            if store.engine.dialect.name == "sqlite":  # as MLflow's own sessions: wait for other writers' locks
+                session.execute(text("PRAGMA busy_timeout = 20000"))
+            store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
+            session.execute(insert(SqlMetric), list(records.values()))
+            # only each key's newest row can change the run's summary; the store compares it with what is there
+            store._update_latest_metrics_if_necessary([SqlMetric(**r) for r in latest.values()], session)
+    except IntegrityError:  # a row already stored (same key, value, step and millisecond): rolled back whole,
+        # so let the store's own log_batch, which skips such rows, write this message
+        metrics = [Metric(k, v, timestamp, s) for k, v, s in rows]
+        for i in range(0, len(metrics), 1000):  # log_batch's limit
+            store.log_batch(run_id, metrics=metrics[i : i + 1000], params=[], tags=[])

@@ -42,6 +42,8 @@ def test_short_run_logs_the_contract(tiny, tmp_path):
     assert len(client.get_metric_history(r.info.run_id, "train_loss_step")) == steps
     lrs = [m.value for m in client.get_metric_history(r.info.run_id, "lr")]
     assert len(lrs) == steps and max(lrs) == pytest.approx(5e-3, rel=1e-3) and lrs[0] < lrs[steps // 3]
+    for key in ("valid_rmse", "train_seconds", "peak_memory_mb"):  # logged once, not again in a summary
+        assert len(client.get_metric_history(r.info.run_id, key)) == (2 if key == "valid_rmse" else 1)
     arts = {a.path for a in client.list_artifacts(r.info.run_id)}
     arts |= {a.path for d in ("plots", "model") for a in client.list_artifacts(r.info.run_id, d)}
     assert {"config.yaml", "plots/loss.png", "plots/schedule.png", "model/weights.pt"} <= arts

@@ -11,12 +11,13 @@ from mlflow.exceptions import MlflowException
 
 from lesson5.sql_metrics import insert_metrics, sql_store
 
-# Three calls, as the writer receives them: a per-step series, a value that is NaN and one that is inf, a key
-# whose newest value comes in a later call, and one (lr) whose later call holds an older step.
+# Calls as the writer receives them: a per-step series, a value that is NaN and one that is inf, a key whose
+# newest value comes in a later call, one (lr) whose later call holds an older step, and repeated rows.
 CALLS = [
     (1_000, [("loss", 0.9, 1), ("lr", 1e-3, 1), ("loss", 0.8, 2), ("lr", 2e-3, 2)]),
     (2_000, [("loss", float("nan"), 3), ("big", float("inf"), 3), ("big", -float("inf"), 2), ("lr", 5e-4, 0)]),
-    (3_000, [("loss", 0.7, 4), ("epoch", 1.0, 4)]),
+    (3_000, [("loss", 0.7, 4), ("epoch", 1.0, 4), ("epoch", 1.0, 4)]),
+    (3_000, [("epoch", 1.0, 4), ("seconds", 2.5, 4)]),  # a row stored by the call before, in the same millisecond
 ]
 
 
