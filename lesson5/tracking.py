@@ -12,6 +12,8 @@ This module is imported by the writer, so it must not import torch.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import json
 import multiprocessing as mp
@@ -172,14 +174,35 @@ class Tracker:
 # ---- the writer process ------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _setup_lock(uri: str):
+    """Serialize the first touch of a SQLite store across processes on this machine.
+
+    MLflow creates and migrates a new SQLite store's tables on first use, and two processes doing it at once
+    fail ("duplicate column name", "table _alembic_tmp_... already exists"): several commands started together
+    on a fresh mlflow.db, or a sweep's workers. An exclusive flock on the database file (SQLite itself uses
+    fcntl locks, which do not interact with it) lets one of them create the tables and the others find them.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(uri[len("sqlite:///"):], "ab") as f:  # an empty file is an empty SQLite database
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock: go ahead unserialized
+            pass
+        yield  # closing the file releases the lock
+
+
 class _Writer:
     def __init__(self, uri: str, outbox):
         from mlflow import MlflowClient  # imported here, in the writer, never in the trainer
 
         from lesson5.sql_metrics import sql_store
 
-        self.client = MlflowClient(tracking_uri=uri)
-        self.client.search_experiments(max_results=1)  # touch the store now, so a bad one is reported early
+        with _setup_lock(uri):
+            self.client = MlflowClient(tracking_uri=uri)
+            self.client.search_experiments(max_results=1)  # touch the store now, so a bad one is reported early
         self.sql = sql_store(self.client)  # a SQL store takes the per-step series in bulk; a server, log_batch
         self.outbox = outbox
         self.runs: dict[int, str] = {}

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -92,23 +93,29 @@ def test_unreachable_store_fails_before_training(tiny, uri, hint):
         run(make_cfg(*tiny, f"tracking.uri={uri}"))
 
 
+def _epoch_logged(db: Path) -> bool:
+    """Read-only, with sqlite3: an MlflowClient here would race the writer to create the store's tables."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            return con.execute("SELECT 1 FROM metrics WHERE key = 'epoch' LIMIT 1").fetchone() is not None
+    except sqlite3.Error:  # not created yet
+        return False
+
+
 @pytest.mark.slow
 def test_ctrl_c_marks_the_run_killed(tmp_path, movielens_dir):
     cmd = [sys.executable, "-m", "lesson5", f"data.path={movielens_dir}", "data.verify=false", "trainer.epochs=1000",
            "trainer.progress=false", "tracking.experiment=test"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until training has logged an epoch
+    while time.time() < deadline and not _epoch_logged(tmp_path / "mlflow.db"):  # wait until training is on
         time.sleep(0.5)
-        exp = client.get_experiment_by_name("test") if (tmp_path / "mlflow.db").exists() else None
-        if exp and any("epoch" in r.data.metrics for r in client.search_runs([exp.experiment_id])):
-            break
     os.killpg(proc.pid, signal.SIGINT)  # the whole process group, as a terminal's Ctrl-C does
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    (r,) = client.search_runs([exp.experiment_id])
+    assert proc.returncode == 130, err[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (r,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
     assert r.info.status == "KILLED"
 
 
@@ -149,3 +156,21 @@ def test_closing_a_tracker_whose_writer_died_fails_at_once(tmp_path):
         tracker.close(timeout=60)
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FAILED" and "writer exited" in run.data.tags["failure_reason"]
+
+
+@pytest.mark.slow
+def test_writers_starting_together_share_a_fresh_store(tmp_path):
+    """Several runs started at once on a new SQLite store (a sweep's workers) all get their runs: MLflow's table
+    creation, which fails when two processes do it at once, happens under a lock."""
+    from lesson5.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    trackers = [Tracker(uri) for _ in range(3)]
+    rids = [t.start_run(experiment="e", name=f"r{i}", params={}, tags={}) for i, t in enumerate(trackers)]
+    for t, rid in zip(trackers, rids):
+        t.end_run(rid, "FINISHED")
+    for t in trackers:
+        t.close(timeout=120)
+    client = MlflowClient(uri)
+    found = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert sorted(r.info.status for r in found) == ["FINISHED"] * 3

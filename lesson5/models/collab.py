@@ -29,7 +29,7 @@ class EmbeddingDotBias(nn.Module):
         self.y_range = tuple(y_range) if y_range is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
-        users, items = x.unbind(1)
+        users, items = x.t().contiguous()  # one copy; strided columns would be copied by each lookup and its backward
         # F.embedding on the weights: the same lookup as calling the modules, without four module dispatches
         u, i = F.embedding(users, self.user_factors.weight), F.embedding(items, self.item_factors.weight)
         ub, ib = F.embedding(users, self.user_bias.weight), F.embedding(items, self.item_bias.weight)
