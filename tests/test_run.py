@@ -93,6 +93,22 @@ def test_unreachable_store_fails_before_training(tiny, uri, hint):
         run(make_cfg(*tiny, f"tracking.uri={uri}"))
 
 
+@pytest.mark.slow
+def test_cli_prints_the_metrics_and_where_the_run_is(tmp_path, movielens_dir):
+    """The command a user types: its table and UI command reach a pipe whole (it exits without the interpreter's
+    teardown), exit code 0, and the run it names is FINISHED with its plots."""
+    cmd = [sys.executable, "-m", "lesson5", f"data.path={movielens_dir}", "data.verify=false", "trainer.epochs=2"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "valid_rmse" in done.stdout and "train_seconds" in done.stdout
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert f"Open the UI: mlflow ui --backend-store-uri {uri}" in done.stdout
+    run_id = done.stdout.split("MLflow run ")[1].split()[0]
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run_id, "plots")} == {"plots/loss.png", "plots/schedule.png"}
+
+
 def _epoch_logged(db: Path) -> bool:
     """Read-only, with sqlite3: an MlflowClient here would race the writer to create the store's tables."""
     try:
