@@ -41,7 +41,7 @@ def fastai_rmse(split: str, seed: int) -> float:
     learn = collab_learner(to.dataloaders(path=".", bs=64), n_factors=40, y_range=(0, 5.5), wd=0.1)
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(5, 5e-3)
-    return float(learn.validate()[0]) ** 0.5
+        return float(learn.validate()[0]) ** 0.5
 
 
 def main() -> None:
