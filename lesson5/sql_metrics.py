@@ -5,8 +5,8 @@
 delays the end of every run. `insert_metrics` writes the same rows in one transaction: a single executemany
 INSERT into MLflow's own `metrics` table (through its ORM model, so its types and defaults apply), and the
 run's `latest_metrics` updated by the store's own routine. Values are sanitized as the store does (NaN stored
-as 0 with is_nan, inf as the largest float). `tests/test_tracking.py` checks that a run written this way reads
-back exactly like one written by `log_batch`, so a change in MLflow's schema fails a test, not a user's run.
+as 0 with is_nan, inf as the largest float). `tests/test_sql_metrics.py` checks that a run written this way
+reads back exactly like one written by `log_batch`, so a change in MLflow's schema fails a test, not a user's run.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 A synchronous MLflow call costs milliseconds (SQLite here: ~85 us per metric even in `log_batch`), and a lesson
 run makes ~21,000 per-step values. The trainer therefore does not import MLflow: it puts messages on a queue, and
 a spawned writer process, on its own core, turns them into MlflowClient calls (metrics into a SQL store in bulk,
-`sql_metrics`), draws the plots and closes the runs. The writer ignores Ctrl-C (the trainer decides the status) and, if the trainer dies without closing its
-runs, marks them FAILED; if the writer itself dies, the trainer marks them FAILED (importing MLflow only
-then), so no run is left RUNNING.
+`sql_metrics`), draws the plots and closes the runs. The writer ignores Ctrl-C (the trainer decides the status)
+and, if the trainer dies without closing its runs, marks them FAILED; if the writer itself dies, the trainer marks
+them FAILED (importing MLflow only then), so no run is left RUNNING.
 
 This module is imported by the writer, so it must not import torch.
 """
