@@ -243,7 +243,12 @@ class _Writer:
         if self.sql is not None:
             from lesson5.sql_metrics import insert_metrics
 
-            return insert_metrics(self.sql, self.runs[rid], timestamp, rows)
+            try:
+                return insert_metrics(self.sql, self.runs[rid], timestamp, rows)
+            except (AttributeError, TypeError) as e:  # another MLflow's store internals; nothing was written
+                print(f"lesson5 tracking: bulk metric writes do not fit this MLflow ({e}); using log_batch",
+                      file=sys.stderr)
+                self.sql = None
         batch = [Metric(k, v, timestamp, s) for k, v, s in rows]
         for i in range(0, len(batch), METRICS_PER_CALL):
             self.client.log_batch(self.runs[rid], metrics=batch[i : i + METRICS_PER_CALL])

@@ -55,3 +55,19 @@ def test_bulk_insert_refuses_a_deleted_run_as_log_batch_does(tmp_path):
 
 def test_a_tracking_server_uses_log_batch():
     assert sql_store(MlflowClient(tracking_uri="http://127.0.0.1:9")) is None
+
+
+def test_the_writer_falls_back_to_log_batch_when_the_store_differs(tmp_path, capsys):
+    """Bulk writes use store internals; with an MLflow whose store lacks them, metrics still land, by log_batch."""
+    import queue
+
+    from lesson5.tracking import _Writer
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    writer = _Writer(uri, queue.Queue())
+    writer.start(1, None, "bulk", "r", {}, {}, {})
+    writer.sql = object()  # a store without sanitize_metric_value, _get_run, ...
+    writer.metrics(1, 1_000, [("loss", 0.5, 1), ("loss", 0.25, 2)])
+    assert writer.sql is None and "using log_batch" in capsys.readouterr().err
+    history = MlflowClient(uri).get_metric_history(writer.runs[1], "loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.25)]
