@@ -7,6 +7,7 @@ first case (the baseline), because absolute times on shared machines drift. `fit
 (fastai's fit_one_cycle; lesson5's train_seconds); `command s` is the whole process, imports, data loading and
 tracking included, as a user waits for it. Cases:
   fastai        collab_learner(n_factors=40, y_range=(0, 5.5), wd=0.1); fit_one_cycle(5, 5e-3); bs 64, 10% valid
+                (its loader draws each epoch's rows with replacement, hence its higher RMSE: bench_quality.py)
   lesson5       `python -m lesson5 tracking=none`: the same recipe (the defaults)
   lesson5+mlflow  `python -m lesson5`, tracked into a SQLite store (new on the first repeat, then reused)
   collab_fast   `python -m lesson5 experiment=collab_fast tracking=none`
