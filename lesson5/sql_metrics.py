@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-from mlflow.entities import Metric
 from mlflow.store.tracking.dbmodels.models import SqlMetric
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from sqlalchemy import insert, text
@@ -27,8 +26,12 @@ def sql_store(client) -> Optional[SqlAlchemyStore]:
     return store if isinstance(store, SqlAlchemyStore) else None
 
 
-def insert_metrics(store: SqlAlchemyStore, run_id: str, timestamp: int, rows: list[tuple[str, float, int]]) -> None:
-    """(key, value, step) rows, stamped `timestamp` (ms), into an active run: what log_batch stores, faster."""
+def insert_metrics(store: SqlAlchemyStore, run_id: str, timestamp: int, rows: list[tuple[str, float, int]]) -> bool:
+    """(key, value, step) rows, stamped `timestamp` (ms), into an active run: what log_batch stores, faster.
+
+    False when a row is already stored (same key, value, step and millisecond): then nothing is written, and the
+    caller's log_batch, which skips such rows, should write them.
+    """
     records, latest = {}, {}
     for key, value, step in rows:
         is_nan, value = store.sanitize_metric_value(float(value))
@@ -39,7 +42,7 @@ def insert_metrics(store: SqlAlchemyStore, run_id: str, timestamp: int, rows: li
         if best is None or (step, timestamp, value) > (best["step"], best["timestamp"], best["value"]):
             latest[key] = rec
     if not records:
-        return
+        return True
     try:
         with Session(store.engine) as session, session.begin():
             if store.engine.dialect.name == "sqlite":  # as MLflow's own sessions: wait for other writers' locks
@@ -48,8 +51,6 @@ def insert_metrics(store: SqlAlchemyStore, run_id: str, timestamp: int, rows: li
             session.execute(insert(SqlMetric), list(records.values()))
             # only each key's newest row can change the run's summary; the store compares it with what is there
             store._update_latest_metrics_if_necessary([SqlMetric(**r) for r in latest.values()], session)
-    except IntegrityError:  # a row already stored (same key, value, step and millisecond): rolled back whole,
-        # so let the store's own log_batch, which skips such rows, write this message
-        metrics = [Metric(k, v, timestamp, s) for k, v, s in rows]
-        for i in range(0, len(metrics), 1000):  # log_batch's limit
-            store.log_batch(run_id, metrics=metrics[i : i + 1000], params=[], tags=[])
+    except IntegrityError:  # the transaction was rolled back whole
+        return False
+    return True

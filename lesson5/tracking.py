@@ -244,7 +244,8 @@ class _Writer:
             from lesson5.sql_metrics import insert_metrics
 
             try:
-                return insert_metrics(self.sql, self.runs[rid], timestamp, rows)
+                if insert_metrics(self.sql, self.runs[rid], timestamp, rows):
+                    return
             except (AttributeError, TypeError) as e:  # another MLflow's store internals; nothing was written
                 print(f"lesson5 tracking: bulk metric writes do not fit this MLflow ({e}); using log_batch",
                       file=sys.stderr)

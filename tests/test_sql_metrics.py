@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import queue
 
 import pytest
 from mlflow import MlflowClient
@@ -10,6 +11,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from lesson5.sql_metrics import insert_metrics, sql_store
+from lesson5.tracking import _Writer
 
 # Calls as the writer receives them: a per-step series, a value that is NaN and one that is inf, a key whose
 # newest value comes in a later call, one (lr) whose later call holds an older step, and repeated rows.
@@ -29,18 +31,27 @@ def _stored(client: MlflowClient, run_id: str) -> tuple[dict, dict]:
     return history, latest
 
 
-def test_bulk_insert_reads_back_like_log_batch(tmp_path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.create_experiment("bulk")
-    reference, bulk = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
-    store = sql_store(client)
-    assert store is not None
+def _writer(tmp_path) -> _Writer:
+    """The tracking writer, in this process, with one open run (local id 1) in experiment "bulk"."""
+    writer = _Writer(f"sqlite:///{tmp_path}/mlflow.db", queue.Queue())
+    writer.start(1, None, "bulk", "bulk", {}, {}, {})
+    return writer
+
+
+def test_the_writer_stores_what_log_batch_stores(tmp_path):
+    writer = _writer(tmp_path)
+    client, bulk = writer.client, writer.runs[1]
+    reference = client.create_run(client.get_experiment_by_name("bulk").experiment_id).info.run_id
     for timestamp, rows in CALLS:
         client.log_batch(reference, metrics=[Metric(k, v, timestamp, s) for k, v, s in rows])
-        insert_metrics(store, bulk, timestamp, rows)
+        writer.metrics(1, timestamp, rows)
+    assert writer.sql is not None  # the bulk path, not the fallback
     history, latest = _stored(client, bulk)
     assert (history, latest) == _stored(client, reference)
     assert latest["loss"] == "0.7" and latest["lr"] == "0.002" and math.isnan(float(history["loss"][2][2]))
+    # the last call's repeated row went through log_batch: the bulk insert declines, writing nothing
+    assert insert_metrics(writer.sql, bulk, 3_000, [("epoch", 1.0, 4), ("new", 1.0, 4)]) is False
+    assert "new" not in client.get_run(bulk).data.metrics
 
 
 def test_bulk_insert_refuses_a_deleted_run_as_log_batch_does(tmp_path):
@@ -59,15 +70,9 @@ def test_a_tracking_server_uses_log_batch():
 
 def test_the_writer_falls_back_to_log_batch_when_the_store_differs(tmp_path, capsys):
     """Bulk writes use store internals; with an MLflow whose store lacks them, metrics still land, by log_batch."""
-    import queue
-
-    from lesson5.tracking import _Writer
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    writer = _Writer(uri, queue.Queue())
-    writer.start(1, None, "bulk", "r", {}, {}, {})
+    writer = _writer(tmp_path)
     writer.sql = object()  # a store without sanitize_metric_value, _get_run, ...
     writer.metrics(1, 1_000, [("loss", 0.5, 1), ("loss", 0.25, 2)])
     assert writer.sql is None and "using log_batch" in capsys.readouterr().err
-    history = MlflowClient(uri).get_metric_history(writer.runs[1], "loss")
+    history = writer.client.get_metric_history(writer.runs[1], "loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.25)]
