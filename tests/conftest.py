@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +53,39 @@ def tiny(movielens_dir, tmp_path):
     """Overrides for a quick run on the small data, tracked into a temporary SQLite store."""
     return [f"data.path={movielens_dir}", "data.verify=false", "trainer.epochs=2", "trainer.bs=64",
             "trainer.progress=false", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=test"]
+
+
+@pytest.fixture(scope="session")
+def postgres_uri():
+    """A throwaway PostgreSQL server (Debian's `postgresql` package) for this session, as an SQLAlchemy URI.
+
+    Skipped where PostgreSQL is not installed, unless LESSON5_REQUIRE_POSTGRES is set: `.ci/run` installs it and
+    sets that, so CI always runs these tests.
+    """
+    initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not initdbs:
+        why = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("LESSON5_REQUIRE_POSTGRES"):
+            pytest.fail(why)
+        pytest.skip(why)
+    bindir = initdbs[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="lesson5-pg-"))  # not under pytest's 0700 folder: the server must reach it
+    as_user = []
+    if os.geteuid() == 0:  # initdb refuses root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = root / "data"
+    subprocess.run([*as_user, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-l", root / "log", "-w", "start", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=''"], check=True, capture_output=True)
+    try:
+        subprocess.run([*as_user, bindir / "createdb", "-h", root, "-p", str(port), "-U", "postgres", "mlflow"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg2://postgres@/mlflow?host={root}&port={port}"
+    finally:
+        subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -31,15 +31,17 @@ def _stored(client: MlflowClient, run_id: str) -> tuple[dict, dict]:
     return history, latest
 
 
-def _writer(tmp_path) -> _Writer:
+def _writer(uri: str) -> _Writer:
     """The tracking writer, in this process, with one open run (local id 1) in experiment "bulk"."""
-    writer = _Writer(f"sqlite:///{tmp_path}/mlflow.db", queue.Queue())
+    writer = _Writer(uri, queue.Queue())
     writer.start(1, None, "bulk", "bulk", {}, {}, {})
     return writer
 
 
-def test_the_writer_stores_what_log_batch_stores(tmp_path):
-    writer = _writer(tmp_path)
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def test_the_writer_stores_what_log_batch_stores(store, tmp_path, request):
+    uri = f"sqlite:///{tmp_path}/mlflow.db" if store == "sqlite" else request.getfixturevalue("postgres_uri")
+    writer = _writer(uri)
     client, bulk = writer.client, writer.runs[1]
     reference = client.create_run(client.get_experiment_by_name("bulk").experiment_id).info.run_id
     for timestamp, rows in CALLS:
@@ -70,7 +72,7 @@ def test_a_tracking_server_uses_log_batch():
 
 def test_the_writer_falls_back_to_log_batch_when_the_store_differs(tmp_path, capsys):
     """Bulk writes use store internals; with an MLflow whose store lacks them, metrics still land, by log_batch."""
-    writer = _writer(tmp_path)
+    writer = _writer(f"sqlite:///{tmp_path}/mlflow.db")
     writer.sql = object()  # a store without sanitize_metric_value, _get_run, ...
     writer.metrics(1, 1_000, [("loss", 0.5, 1), ("loss", 0.25, 2)])
     assert writer.sql is None and "using log_batch" in capsys.readouterr().err
