@@ -1,6 +1,7 @@
 """Scratch optimizers follow torch.optim's trajectories; L2 equals decoupled decay for SGD, not for Adam."""
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -96,3 +97,38 @@ def test_lessons_update_is_l2_with_twice_the_wd():
     lesson = trajectory(OptimConf(name=OptimName.sgd, impl=Impl.scratch, lr=0.1, wd=0.0), extra_loss=lesson_penalty)
     ours = trajectory(OptimConf(name=OptimName.sgd, impl=Impl.scratch, lr=0.1, wd=2 * wd, wd_mode=WdMode.l2))
     torch.testing.assert_close(lesson, ours, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", list(WdMode))
+def test_direct_fused_adam_step_is_torchs_step(mode, monkeypatch):
+    """The stepper's direct call of the fused Adam(W) kernel gives torch's own step bit for bit, with lr and betas
+    changed between steps (as the one-cycle schedule does), two groups with their own lr (discriminative lrs),
+    and a layer frozen for a while (no grad, no state): its first step there goes through torch's step."""
+    conf = OptimConf(name=OptimName.adam, lr=1e-2, wd=0.1, wd_mode=mode, momentum=0.9, sqr_mom=0.99, eps=1e-5)
+    torchs = []  # one entry per param group that torch's own fused Adam stepped
+    adam_module = importlib.import_module("torch.optim.adam")
+    fused_adam = adam_module._fused_adam
+    monkeypatch.setattr(adam_module, "_fused_adam", 
+                        lambda params, *a, **k: (params and torchs.append(1)) or fused_adam(params, *a, **k))
+
+    def fit(lean):
+        torchs.clear()
+        model, x, y = model_and_data()
+        body, head = list(model[0].parameters()), list(model[2].parameters())
+        opt = optim.build(conf, [body, head], [1e-3, 1e-2])
+        assert optim._fused_adam_kernel(opt) is not None
+        step = optim.stepper(opt) if lean else opt.step
+        for i in range(40):
+            for g in opt.param_groups:
+                g["lr"], g["betas"] = g["max_lr"] * (1 + i) / 40, (0.95 - i / 400, 0.99)
+            for p in body:
+                p.requires_grad_(i >= 10)  # frozen body for the first 10 steps
+            nn.functional.cross_entropy(model(x), y).backward()
+            step()
+            opt.zero_grad(set_to_none=True)
+        return torch.cat([p.detach().flatten() for p in model.parameters()]), len(torchs)
+
+    (lean, lean_torch_steps), (full, full_torch_steps) = fit(True), fit(False)
+    assert torch.equal(lean, full)
+    assert full_torch_steps == 40 + 30  # the head's 40 steps and the body's 30
+    assert lean_torch_steps == 1 + 2  # the first step (the head's), the body's first (both groups); the rest direct
