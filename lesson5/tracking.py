@@ -278,6 +278,8 @@ class _Writer:
             del self.series[rid], self.tables[rid]
 
     def _plot(self, rid):
+        if not gc.isenabled():  # the writer has not been idle yet
+            _finish_startup()
         from lesson5 import plots
 
         for name, fig in plots.run_figures(self.series[rid], self.tables[rid]):
@@ -289,10 +291,18 @@ class _Writer:
             self.client.set_terminated(self.runs[rid], "FAILED")
 
 
+def _finish_startup() -> None:
+    """Import matplotlib (~0.5 s), then freeze the start-up's objects and turn the collector back on."""
+    import lesson5.plots  # noqa: F401
+
+    gc.freeze()
+    gc.enable()
+
+
 def _writer(uri: str, inbox, outbox) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it then closes the runs
     # Importing MLflow and matplotlib makes ~200k objects that the cyclic collector would rescan on each full
-    # pass (0.4-0.6 s of the writer's CPU per run); it is off until they are imported, then frozen out of its scans.
+    # pass (0.4-0.6 s of the writer's CPU per run); it stays off until _finish_startup.
     gc.disable()
     parent = os.getppid()
     try:
@@ -302,11 +312,8 @@ def _writer(uri: str, inbox, outbox) -> None:
         w = None
     broken: set[int] = set()
     while True:
-        if w is not None and "lesson5.plots" not in sys.modules and inbox.empty():
-            import lesson5.plots  # noqa: F401 - matplotlib's import (~0.5 s) while idle, not when a run ends
-
-            gc.freeze()  # start-up is over (see gc.disable above)
-            gc.enable()
+        if w is not None and not gc.isenabled() and inbox.empty():
+            _finish_startup()  # while idle, not when a run ends
         try:
             msg = inbox.get(timeout=1.0)
         except queue.Empty:
