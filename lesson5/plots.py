@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Iterator
 
 import matplotlib
@@ -66,13 +67,20 @@ def confusion(matrix: list[list[int]]):
     return fig
 
 
-def run_figures(series: Series, tables: dict[str, object] = {}) -> Iterator[tuple[str, object]]:
-    """(name, figure) for every plot the metric series and JSON artifacts allow; each figure is closed after use."""
+def png(fig) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def run_plots(series: Series, tables: dict[str, object] = {}, skip=()) -> Iterator[tuple[str, bytes]]:
+    """(name, PNG) for every plot the metric series and JSON artifacts allow, except those named in skip."""
     drawable = [(name, draw, series) for name, draw, needs in
                 (("loss", loss_curve, "train_loss_step"), ("schedule", schedule, "lr")) if series.get(needs)]
     if "confusion_matrix.json" in tables:
         drawable.append(("confusion_matrix", confusion, tables["confusion_matrix.json"]))
     for name, draw, source in drawable:
-        fig = draw(source)
-        yield name, fig
-        plt.close(fig)
+        if name not in skip:
+            yield name, png(draw(source))

@@ -92,6 +92,10 @@ class Tracker:
         rows = [(k, float(v), int(s)) for k, v, s in rows]  # plain Python values, never tensors (see start_run)
         self._inbox.put(("metrics", rid, int(time.time() * 1000), rows))
 
+    def plan(self, rid: int, rows: list[tuple[str, float, int]]) -> None:
+        """Per-step values a run is expected to log (its schedule), for drawing them before the run ends."""
+        self._inbox.put(("plan", rid, [(k, float(v), int(s)) for k, v, s in rows]))
+
     def log_files(self, rid: int, files: dict[str, bytes]) -> None:
         """Artifacts by their path in the run, e.g. {"model/weights.pt": b"..."}."""
         self._inbox.put(("files", rid, files))
@@ -209,6 +213,7 @@ class _Writer:
         self.runs: dict[int, str] = {}
         self.series: dict[int, dict[str, list[tuple[int, float]]]] = {}
         self.tables: dict[int, dict[str, object]] = {}  # JSON artifacts by path, per run
+        self.drawn: dict[int, dict[str, tuple[dict, bytes]]] = {}  # plots drawn ahead: name -> (series shown, PNG)
 
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -228,7 +233,7 @@ class _Writer:
             tags = {**tags, MLFLOW_PARENT_RUN_ID: self.runs[parent]}
         run = self.client.create_run(exp_id, run_name=name, tags=tags)
         run_id = run.info.run_id
-        self.runs[rid], self.series[rid], self.tables[rid] = run_id, {}, {}
+        self.runs[rid], self.series[rid], self.tables[rid], self.drawn[rid] = run_id, {}, {}, {}
         items = [Param(k, v[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
@@ -275,15 +280,24 @@ class _Writer:
             if reason:
                 self.client.set_tag(run_id, "failure_reason", reason[:5000])
             self.client.set_terminated(run_id, status)
-            del self.series[rid], self.tables[rid]
+            del self.series[rid], self.tables[rid], self.drawn[rid]
+
+    def plan(self, rid, rows):
+        """Draw the schedule from its planned values while the fit runs (~0.06 s less for the trainer to wait
+        for at its end); _plot uses the drawing only if the run logged exactly those values."""
+        series: dict[str, list[tuple[int, float]]] = {}
+        for k, v, s in rows:
+            series.setdefault(k, []).append((s, v))
+        plots = _plots()
+        self.drawn[rid]["schedule"] = (series, plots.png(plots.schedule(series)))
 
     def _plot(self, rid):
-        if not gc.isenabled():  # the writer has not been idle yet
-            _finish_startup()
-        from lesson5 import plots
-
-        for name, fig in plots.run_figures(self.series[rid], self.tables[rid]):
-            self.client.log_figure(self.runs[rid], fig, f"plots/{name}.png")
+        series = self.series[rid]
+        ready = {name: png for name, (shown, png) in self.drawn[rid].items()  # a fit stopped early differs
+                 if all(series.get(k) == points for k, points in shown.items())}
+        for name, png in _plots().run_plots(series, self.tables[rid], skip=ready):
+            ready[name] = png
+        self.files(rid, {f"plots/{name}.png": png for name, png in ready.items()})
 
     def fail_open_runs(self, reason):
         for rid in list(self.series):
@@ -297,6 +311,15 @@ def _finish_startup() -> None:
 
     gc.freeze()
     gc.enable()
+
+
+def _plots():
+    """lesson5.plots, once start-up is finished (the writer imports it while idle, or else on first use)."""
+    if not gc.isenabled():
+        _finish_startup()
+    from lesson5 import plots
+
+    return plots
 
 
 def _writer(uri: str, inbox, outbox) -> None:

@@ -1,5 +1,7 @@
 """End to end: run(cfg) on small data into a real temporary MLflow store."""
 
+import contextlib
+import math
 import os
 import signal
 import sqlite3
@@ -40,7 +42,8 @@ def test_short_run_logs_the_contract(tiny, tmp_path):
     assert r.data.tags["overrides"] == "trainer.epochs=2"
     assert {"git_commit", "torch_version", "device", "seed"} <= set(r.data.tags)
     steps = 2 * -(-2700 // 64)  # two epochs over 90% of 3,000 ratings
-    assert len(client.get_metric_history(r.info.run_id, "train_loss_step")) == steps
+    history = client.get_metric_history(r.info.run_id, "train_loss_step")
+    assert sorted(m.step for m in history) == list(range(1, steps + 1))
     lrs = [m.value for m in client.get_metric_history(r.info.run_id, "lr")]
     assert len(lrs) == steps and max(lrs) == pytest.approx(5e-3, rel=1e-3) and lrs[0] < lrs[steps // 3]
     for key in ("valid_rmse", "train_seconds", "peak_memory_mb"):  # logged once, not again in a summary
@@ -82,9 +85,30 @@ def test_diverging_run_is_marked_failed_with_the_reason(tiny, tmp_path):
     cfg = make_cfg(*tiny, "model.y_range=null", "optim=sgd", "optim.lr=1e6", "schedule=constant")
     with pytest.raises(DivergedError, match="diverged"):
         run(cfg)
-    _, found = runs(tmp_path)
+    client, found = runs(tmp_path)
     assert found[0].info.status == "FAILED"
     assert "diverged" in found[0].data.tags["failure_reason"]
+    losses = [m.value for m in client.get_metric_history(found[0].info.run_id, "train_loss_step")]
+    assert 0 < len(losses) <= 64  # its steps up to the failing check, the diverged one last
+    assert not math.isfinite(losses[-1]) or losses[-1] > 100 * losses[0]
+
+
+@pytest.mark.parametrize("overrides, status", [(["trainer.epochs=2"], "FINISHED"),
+                                               (["optim=sgd", "optim.lr=1e6"], "FAILED")])
+def test_schedule_plot_shows_what_the_run_logged(tiny, tmp_path, overrides, status):
+    """The writer draws the schedule from its plan while the fit runs. A finished run logs that drawing; one
+    that stopped early (here, diverged during warm-up) is drawn again from what it logged."""
+    from lesson5 import plots
+
+    with pytest.raises(DivergedError) if status == "FAILED" else contextlib.nullcontext():
+        run(make_cfg(*tiny, "model.y_range=null", *overrides))
+    client, (r,) = runs(tmp_path)
+    assert r.info.status == status
+    logged = {k: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, k)] for k in ("lr", "momentum")}
+    planned_steps = 2 * -(-2700 // 64) if status == "FINISHED" else 5 * -(-2700 // 64)
+    assert (len(logged["lr"]) == planned_steps) == (status == "FINISHED")
+    drawn = Path(client.download_artifacts(r.info.run_id, "plots/schedule.png", str(tmp_path))).read_bytes()
+    assert drawn == plots.png(plots.schedule(logged))
 
 
 @pytest.mark.parametrize("uri, hint", [("http://127.0.0.1:9", "cannot reach"), ("sqlite:////nonexistent/dir/x.db", "not writable")])

@@ -40,3 +40,16 @@ def test_constant_schedule_keeps_lr_and_momentum():
     opt = torch.optim.SGD([{"params": [p], "lr": 0.1, "max_lr": 0.1}], momentum=0.9)
     sched = Scheduler(ScheduleConf(name=ScheduleName.constant), opt, 10, "momentum")
     assert sched.step(5) == (0.1, 0.9)
+
+
+@pytest.mark.parametrize("name, key", [(ScheduleName.one_cycle, "betas"), (ScheduleName.constant, "momentum"),
+                                       (ScheduleName.one_cycle, None)])
+def test_planned_is_what_each_step_returns(name, key):
+    """The plan the tracking writer draws ahead of time is exactly what the steps then log."""
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    groups = [{"params": [a], "lr": 1e-3, "max_lr": 1e-3}, {"params": [b], "lr": 1e-2, "max_lr": 1e-2}]
+    opt = torch.optim.Adam(groups, betas=(0.9, 0.99)) if key == "betas" else torch.optim.SGD(groups, momentum=0.9)
+    sched = Scheduler(ScheduleConf(name=name), opt, total_steps=97, momentum_key=key)
+    planned = sched.planned()
+    assert len(planned) == 97
+    assert planned == [sched.step(i) for i in range(97)]

@@ -47,6 +47,11 @@ class Scheduler:
         mult, mom = one_cycle(step / self.total, pct_start=c.pct_start, div=c.div, div_final=c.div_final, moms=c.moms)
         return mult, (mom if self.momentum_key else None)
 
+    def planned(self) -> list[tuple[float, Optional[float]]]:
+        """What step(i) will return for each step i of the fit, without applying anything."""
+        top = self.opt.param_groups[-1]["max_lr"]
+        return [(top * mult, mom) for mult, mom in map(self.at, range(self.total))]
+
     def step(self, step: int) -> tuple[float, Optional[float]]:
         """Apply the schedule for `step`; returns the last group's lr and the momentum."""
         mult, mom = self.at(step)
