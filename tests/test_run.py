@@ -120,10 +120,11 @@ def test_unreachable_store_fails_before_training(tiny, uri, hint):
 @pytest.mark.slow
 def test_cli_prints_the_metrics_and_where_the_run_is(tmp_path, movielens_dir):
     """The command a user types: its table and UI command reach a pipe whole (it exits without the interpreter's
-    teardown), exit code 0, and the run it names is FINISHED with its plots."""
+    teardown), exit code 0, no leak warning, and the run it names is FINISHED with its plots."""
     cmd = [sys.executable, "-m", "lesson5", f"data.path={movielens_dir}", "data.verify=false", "trainer.epochs=2"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "leaked" not in done.stderr, done.stderr[-3000:]  # multiprocessing's exit handler ran
     assert "valid_rmse" in done.stdout and "train_seconds" in done.stdout
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert f"Open the UI: mlflow ui --backend-store-uri {uri}" in done.stdout
