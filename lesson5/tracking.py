@@ -31,6 +31,7 @@ from typing import Any, Optional
 from lesson5.errors import TrackingError
 
 METRICS_PER_CALL = 1000  # MLflow's log_batch limit
+SETUP_LOCK_KEY = 0x6C6573736F6E35  # "lesson5": the PostgreSQL advisory lock held while a writer sets up its store
 
 
 def resolve_uri(uri: Optional[str]) -> str:
@@ -181,22 +182,35 @@ class Tracker:
 
 @contextlib.contextmanager
 def _setup_lock(uri: str):
-    """Serialize the first touch of a SQLite store across processes on this machine.
+    """Serialize the first touch of a SQL store across the writers that may share it.
 
-    MLflow creates and migrates a new SQLite store's tables on first use, and two processes doing it at once
-    fail ("duplicate column name", "table _alembic_tmp_... already exists"): several commands started together
-    on a fresh mlflow.db, or a sweep's workers. An exclusive flock on the database file (SQLite itself uses
-    fcntl locks, which do not interact with it) lets one of them create the tables and the others find them.
+    MLflow creates and migrates a new store's tables on first use, and two processes doing it at once fail:
+    on SQLite "duplicate column name" or "table _alembic_tmp_... already exists", on PostgreSQL a unique
+    violation on the new tables' types (6 of 9 writers started together on a fresh database failed). That is
+    several commands started together, or a sweep's workers, on one machine or many. SQLite stores take an
+    exclusive flock on the database file (SQLite itself uses fcntl locks, which do not interact with it);
+    PostgreSQL stores take a session-level advisory lock in their database, which every machine sees.
     """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    with open(uri[len("sqlite:///"):], "ab") as f:  # an empty file is an empty SQLite database
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme == "sqlite" and uri.startswith("sqlite:///"):
+        with open(uri[len("sqlite:///"):], "ab") as f:  # an empty file is an empty SQLite database
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX)
+            except OSError:  # a file system without flock: go ahead unserialized
+                pass
+            yield  # closing the file releases the lock
+    elif scheme in ("postgresql", "postgres"):
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(uri, poolclass=sa.pool.NullPool)
         try:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError:  # a file system without flock: go ahead unserialized
-            pass
-        yield  # closing the file releases the lock
+            with engine.connect() as con:
+                con.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": SETUP_LOCK_KEY})
+                yield  # closing the connection ends the session, which releases the lock
+        finally:
+            engine.dispose()
+    else:
+        yield
 
 
 class _Writer:

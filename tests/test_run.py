@@ -200,12 +200,24 @@ def test_closing_a_tracker_whose_writer_died_fails_at_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_writers_starting_together_share_a_fresh_store(tmp_path):
-    """Several runs started at once on a new SQLite store (a sweep's workers) all get their runs: MLflow's table
-    creation, which fails when two processes do it at once, happens under a lock."""
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def test_writers_starting_together_share_a_fresh_store(tmp_path, request, store):
+    """Several runs started at once on a new store (a sweep's workers) all get their runs: MLflow's table
+    creation, which fails when two processes do it at once, happens under a lock (a flock on SQLite, an
+    advisory lock on PostgreSQL)."""
     from lesson5.tracking import Tracker
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    if store == "sqlite":
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+    else:  # a new database on the session's throwaway server
+        import sqlalchemy as sa
+
+        server = request.getfixturevalue("postgres_uri")
+        engine = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+        with engine.connect() as con:
+            con.execute(sa.text("CREATE DATABASE fresh_store"))
+        engine.dispose()
+        uri = server.replace("/mlflow?", "/fresh_store?")
     trackers = [Tracker(uri) for _ in range(3)]
     rids = [t.start_run(experiment="e", name=f"r{i}", params={}, tags={}) for i, t in enumerate(trackers)]
     for t, rid in zip(trackers, rids):
