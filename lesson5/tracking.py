@@ -63,6 +63,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                                 f"`mlflow server --port ...`, or fix tracking.uri (or use tracking=none).") from e
 
 
+def _plain(rows: list[tuple[str, float, int]]) -> list[tuple[str, float, int]]:
+    """(key, value, step) rows as plain Python values, never tensors (see Tracker.start_run)."""
+    return [(k, float(v), int(s)) for k, v, s in rows]
+
+
 class Tracker:
     """Main-process handle on the writer. Runs are named by small local ids until MLflow assigns theirs."""
 
@@ -90,12 +95,11 @@ class Tracker:
 
     def log_metrics(self, rid: int, rows: list[tuple[str, float, int]]) -> None:
         """(key, value, step) rows, stamped now."""
-        rows = [(k, float(v), int(s)) for k, v, s in rows]  # plain Python values, never tensors (see start_run)
-        self._inbox.put(("metrics", rid, int(time.time() * 1000), rows))
+        self._inbox.put(("metrics", rid, int(time.time() * 1000), _plain(rows)))
 
     def plan(self, rid: int, rows: list[tuple[str, float, int]]) -> None:
         """Per-step values a run is expected to log (its schedule), for drawing them before the run ends."""
-        self._inbox.put(("plan", rid, [(k, float(v), int(s)) for k, v, s in rows]))
+        self._inbox.put(("plan", rid, _plain(rows)))
 
     def log_files(self, rid: int, files: dict[str, bytes]) -> None:
         """Artifacts by their path in the run, e.g. {"model/weights.pt": b"..."}."""
@@ -192,7 +196,7 @@ def _setup_lock(uri: str):
     PostgreSQL stores take a session-level advisory lock in their database, which every machine sees.
     """
     scheme = uri.split(":", 1)[0].split("+", 1)[0]
-    if scheme == "sqlite" and uri.startswith("sqlite:///"):
+    if uri.startswith("sqlite:///"):
         with open(uri[len("sqlite:///"):], "ab") as f:  # an empty file is an empty SQLite database
             try:
                 fcntl.flock(f, fcntl.LOCK_EX)
@@ -211,6 +215,13 @@ def _setup_lock(uri: str):
             engine.dispose()
     else:
         yield
+
+
+def _add_rows(series: dict[str, list[tuple[int, float]]], rows) -> dict[str, list[tuple[int, float]]]:
+    """Append (key, value, step) rows to per-key (step, value) series, as the plots read them."""
+    for k, v, s in rows:
+        series.setdefault(k, []).append((s, v))
+    return series
 
 
 class _Writer:
@@ -257,9 +268,7 @@ class _Writer:
     def metrics(self, rid, timestamp, rows):
         from mlflow.entities import Metric
 
-        series = self.series[rid]
-        for k, v, s in rows:
-            series.setdefault(k, []).append((s, v))
+        _add_rows(self.series[rid], rows)
         if self.sql is not None:
             from lesson5.sql_metrics import insert_metrics
 
@@ -299,9 +308,7 @@ class _Writer:
     def plan(self, rid, rows):
         """Draw the schedule from its planned values while the fit runs (~0.08 s less for the trainer to wait
         for at its end); _plot uses the drawing only if the run logged exactly those values."""
-        series: dict[str, list[tuple[int, float]]] = {}
-        for k, v, s in rows:
-            series.setdefault(k, []).append((s, v))
+        series = _add_rows({}, rows)
         plots = _plots()
         self.drawn[rid]["schedule"] = (series, plots.png(plots.schedule(series)))
 
