@@ -2,42 +2,37 @@
 
 from __future__ import annotations
 
-import atexit
-import gc
-import os
 import signal
 import sys
 
-# Start-up (hydra, torch, torch.optim's dynamo, pandas) makes ~600k objects, and the cyclic collector rescans
-# them all on each full pass: ~0.5 s of a ~6 s lesson run. It stays off until the fit starts
-# (_gc_on_at_fit), then everything made so far is frozen out of its scans.
-gc.disable()
+from lesson5.process import fast_exit, pause_gc, resume_gc
+
+# Start-up (hydra, torch, torch.optim's dynamo, pandas) makes ~600k objects: the collector stays off until the fit
+# starts (_resume_gc_at_fit), then everything made so far is frozen out of its scans.
+pause_gc()
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from lesson5.config import register, validate  # noqa: E402
+from lesson5.config import validate  # noqa: E402
 from lesson5.errors import Lesson5Error  # noqa: E402
-
-register()
 
 
 def _sigterm(signum, frame):
     raise KeyboardInterrupt  # a terminated run is closed as KILLED, like Ctrl-C
 
 
-def _gc_on_at_fit():
-    """A callback that turns the cyclic garbage collector back on as a fit starts (made here, after the tracker
-    started, because lesson5.learner imports torch)."""
+def _resume_gc_at_fit():
+    """A callback that ends start-up as the first fit starts (made here, after the tracker started, because
+    lesson5.learner imports torch)."""
     from lesson5.learner import Callback
 
-    class GcOn(Callback):
+    class ResumeGc(Callback):
         def before_fit(self, learn) -> None:
-            gc.freeze()
-            gc.enable()
+            resume_gc()
 
-    return GcOn()
+    return ResumeGc()
 
 
 def report(result) -> None:
@@ -78,7 +73,7 @@ def main(cfg: DictConfig) -> None:
             from lesson5.run import run
 
             result = run(cfg, overrides=list(HydraConfig.get().overrides.task), tracker=tracker,
-                         callbacks=[_gc_on_at_fit()])
+                         callbacks=[_resume_gc_at_fit()])
         finally:
             if tracker is not None:
                 tracker.close()
@@ -91,21 +86,11 @@ def main(cfg: DictConfig) -> None:
     report(result)
 
 
-def _exit(code: int) -> None:
-    """Leave without the interpreter's teardown of torch's modules (~0.8 s here, a tenth of a lesson run): by
-    now every run is closed and every file written. The exit handlers still run (~7 ms): logging's, and
-    multiprocessing's, which releases the tracker's semaphores (else its resource tracker warns of leaks)."""
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
     try:
         main()
     except SystemExit as e:  # our exit codes and Hydra's
         if not isinstance(e.code, (int, type(None))):
             raise  # a message for Python to print
-        _exit(e.code or 0)
-    _exit(0)
+        fast_exit(e.code or 0)
+    fast_exit(0)

@@ -1,7 +1,12 @@
-"""Config schemas: registered in Hydra's ConfigStore, checked once at the edge by `validate`.
+"""Config schemas: registered in Hydra's ConfigStore on import, checked once at the edge by `validate`.
 
 Types and choices (Enums) are enforced by Hydra while it composes; value ranges are checked by `validate`,
 which reports every bad key at once, before any data is fetched or any MLflow run exists.
+
+Every default has one home. A key's generic default is its field here; a group option in `conf/` (say
+`optim/rmsprop.yaml`) sets only what makes that option differ from the schema; a task's hyper-parameters (lr,
+wd, epochs, bs) come from its model's recipe, `conf/recipe/<model>.yaml`; the command line wins over all.
+`tests/test_config.py` checks that no option file repeats a schema default.
 """
 
 from __future__ import annotations
@@ -9,7 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any, Callable, List, Optional
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -152,7 +158,7 @@ class ImageDataConf(DataConf):
 class OptimConf:
     name: OptimName = OptimName.adam
     impl: Impl = Impl.torch
-    lr: float = _check(_positive, "a finite number > 0", 5e-3)
+    lr: float = _check(_positive, "a finite number > 0", 1e-3)
     wd: float = _check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0", 0.0)
     wd_mode: WdMode = WdMode.decoupled
     # SGD momentum, RMSprop's and Adam's moving-average coefficients.
@@ -206,7 +212,9 @@ class TrackingConf:
     uri: Optional[str] = None
     experiment: str = _check(lambda v: bool(v.strip()), "a non-empty name", "lesson5")
     run_name: Optional[str] = None
-    # Per-step metrics are sent to the writer in chunks of this many steps.
+    # Per-step values (train_loss_step, lr, momentum) are logged at every n-th step and at each epoch's last.
+    log_every_n_steps: int = _check(lambda v: v >= 1, "an integer >= 1", 10)
+    # Per-step values are sent to the writer in chunks of this many steps.
     flush_every: int = _check(lambda v: v >= 1, "an integer >= 1", 256)
 
 
@@ -219,6 +227,9 @@ class Config:
     loss: LossConf = field(default_factory=LossConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def register() -> None:
@@ -234,6 +245,20 @@ def register() -> None:
     cs.store(group="schedule", name="base_schedule", node=ScheduleConf)
     cs.store(group="trainer", name="base_trainer", node=TrainerConf)
     cs.store(group="tracking", name="base_tracking", node=TrackingConf)
+
+
+register()  # once, on import: every way of composing (CLI, compose, sweeps) sees the same schemas
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config `python -m lesson5 <overrides>` would run, for tests, benchmarks and sweep workers."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app (the CLI): compose with its loader
+        return hydra_compose(config_name="config", overrides=list(overrides))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def _problems(obj: Any, prefix: str) -> List[str]:

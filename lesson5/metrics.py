@@ -22,12 +22,12 @@ METRICS = {"mse": regression, "cross_entropy": classification}
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, x: Tensor, bs: int = 8192) -> Tensor:
-    """The model's outputs for all of x, in large batches, in eval mode."""
+def predict(model: torch.nn.Module, source) -> tuple[Tensor, Tensor]:
+    """The model's outputs (as float) and the targets over every batch of a source, in order, in eval mode."""
     model.eval()
-    out = torch.cat([model(x[i : i + bs]) for i in range(0, len(x), bs)])
+    outs, ys = zip(*((model(xb), yb) for xb, yb in source.epoch(None)))
     model.train()
-    return out.float()
+    return torch.cat(outs).float(), torch.cat(ys)
 
 
 def confusion_matrix(logits: Tensor, y: Tensor) -> list[list[int]]:

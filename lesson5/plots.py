@@ -75,12 +75,11 @@ def png(fig) -> bytes:
     return buf.getvalue()
 
 
-def run_plots(series: Series, tables: dict[str, object] = {}, skip=()) -> Iterator[tuple[str, bytes]]:
-    """(name, PNG) for every plot the metric series and JSON artifacts allow, except those named in skip."""
+def run_plots(series: Series, tables: dict[str, object] = {}) -> Iterator[tuple[str, bytes]]:
+    """(name, PNG) for every plot the metric series and JSON artifacts allow."""
     drawable = [(name, draw, series) for name, draw, needs in
                 (("loss", loss_curve, "train_loss_step"), ("schedule", schedule, "lr")) if series.get(needs)]
     if "confusion_matrix.json" in tables:
         drawable.append(("confusion_matrix", confusion, tables["confusion_matrix.json"]))
     for name, draw, source in drawable:
-        if name not in skip:
-            yield name, png(draw(source))
+        yield name, png(draw(source))

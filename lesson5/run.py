@@ -1,8 +1,8 @@
 """`run(cfg)`: the single path from a composed config to a trained, tracked model.
 
 The command line, tests and sweep trials all call it. Order matters for bad input: the config is validated,
-then the data fetched, and only then does an MLflow run exist; whatever happens after, the run is closed as
-FINISHED, FAILED (with the reason as a tag) or KILLED.
+then the data fetched, and only then does an MLflow run exist; whatever happens after, the run is closed with
+the status and `outcome` tag that `lesson5.outcome` gives for how it ended.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 import lesson5
 from lesson5 import data as datasets
 from lesson5 import losses, metrics, models, optim
-from lesson5.callbacks import ProgressBar, TrackMetrics
+from lesson5.callbacks import ProgressBar, Recorder, TrackMetrics
 from lesson5.config import Config, flatten, validate
 from lesson5.learner import Callback, Learner
-from lesson5.optim.schedule import Scheduler
+from lesson5.optim.schedule import ParamScheduler
+from lesson5.outcome import Outcome, outcome
 from lesson5.tracking import Tracker
 
 
@@ -77,16 +78,23 @@ def peak_memory() -> dict[str, float]:
 
 
 def fit_fold(conf: Config, data: datasets.Data, fold: datasets.Fold, device: torch.device,
-             callbacks: Sequence[Callback]) -> Learner:
-    """Build a fresh model and optimizer for one fold and train it."""
+             callbacks: Sequence[Callback], tracker: Optional[Tracker] = None, rid: Optional[int] = None) -> Learner:
+    """Build a fresh model and optimizer for one fold and train it, tracked into run `rid` when given."""
     seed_everything(conf.trainer.seed)
-    model = models.build(conf.model, data)
+    model = models.build(conf.model, data).to(device)
     groups = model.layer_groups()
     opt = optim.build(conf.optim, groups, [conf.optim.lr] * len(groups))
     mom_key = optim.momentum_key(conf.optim)
-    learn = Learner(model, fold.train, fold.valid, opt=opt, bs=conf.trainer.bs, seed=conf.trainer.seed,
-                    scheduler_factory=lambda o, total: Scheduler(conf.schedule, o, total, mom_key),
-                    callbacks=callbacks, device=device, loss_fn=losses.build(model.loss, conf.loss.impl),
+    recorder = Recorder(mom_key)
+    cbs = [ParamScheduler(conf.schedule, mom_key), recorder, *callbacks]
+    if conf.trainer.progress:
+        cbs.append(ProgressBar(label=f"{fold.name} " if len(data.folds) > 1 else ""))
+    if rid is not None:
+        cbs.append(TrackMetrics(tracker, rid, recorder, conf.tracking.log_every_n_steps, conf.tracking.flush_every))
+    bs = conf.trainer.bs
+    learn = Learner(model, datasets.batches(fold.train, bs, device, train=True),
+                    datasets.batches(fold.valid, bs, device, train=False), opt=opt, seed=conf.trainer.seed,
+                    loss_fn=losses.build(model.loss, conf.loss.impl), callbacks=cbs,
                     diverge_factor=conf.trainer.diverge_factor)
     learn.fit(conf.trainer.epochs)
     return learn
@@ -112,24 +120,28 @@ def _summary(per_fold: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[Callback] = (),
-        tracker: Optional[Tracker] = None, parent: Optional[int] = None) -> RunResult:
+        tracker: Optional[Tracker] = None, parent_run_id: Optional[str] = None,
+        tags: Optional[dict[str, str]] = None) -> RunResult:
     """Validate, fetch the data, train every fold, track it all; the one training path.
 
     Pass a `tracker` to share one MLflow writer across runs (sweeps); otherwise a run starts and closes its own.
+    `parent_run_id` nests the run under an existing MLflow run, made by any process; one that does not exist
+    raises TrackingError before training. `tags` are added to the run's own (a sweep's trial and study, say).
     """
     conf = validate(cfg)
     own_tracker = tracker is None and conf.tracking.enabled
     if own_tracker:
         tracker = Tracker(conf.tracking.uri)  # the writer imports MLflow while the data loads
     try:
-        return _run(cfg, conf, overrides, callbacks, tracker, parent)
+        return _run(cfg, conf, overrides, callbacks, tracker if conf.tracking.enabled else None, parent_run_id,
+                    tags or {})
     finally:
         if own_tracker:
             tracker.close()
 
 
 def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Sequence[Callback],
-         tracker: Optional[Tracker], parent: Optional[int]) -> RunResult:
+         tracker: Optional[Tracker], parent_run_id: Optional[str], extra_tags: dict[str, str]) -> RunResult:
     device = pick_device(conf.trainer.device)
     if conf.trainer.threads:
         torch.set_num_threads(conf.trainer.threads)
@@ -140,11 +152,13 @@ def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Seq
         tags = {"overrides": " ".join(overrides) or "(defaults)", "git_commit": git_commit(),
                 "torch_version": torch.__version__, "lesson5_version": lesson5.__version__,
                 "python_version": platform.python_version(), "device": str(device),
-                "seed": str(conf.trainer.seed), "model": conf.model.name, "data": conf.data.name}
+                "seed": str(conf.trainer.seed), "model": conf.model.name, "data": conf.data.name, **extra_tags}
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True).encode()
         rid = tracker.start_run(experiment=conf.tracking.experiment, name=conf.tracking.run_name, params=params,
-                                tags=tags, files={"config.yaml": config_yaml}, parent=parent)
-    status, reason, fold_rid = "FINISHED", None, None
+                                tags=tags, files={"config.yaml": config_yaml}, parent=parent_run_id)
+        if parent_run_id is not None:
+            tracker.run_info(rid)  # a parent that does not exist fails here, before any training
+    error, fold_rid = None, None
     try:
         per_fold, learn = {}, None
         for fold in data.folds:
@@ -152,12 +166,7 @@ def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Seq
             if tracker is not None and len(data.folds) > 1:
                 fold_rid = tracker.start_run(experiment=conf.tracking.experiment, name=fold.name, params={},
                                              tags={"fold": fold.name}, parent=rid)
-            cbs = list(callbacks)
-            if conf.trainer.progress:
-                cbs.append(ProgressBar(label=f"{fold.name} " if len(data.folds) > 1 else ""))
-            if fold_rid is not None:
-                cbs.append(TrackMetrics(tracker, fold_rid, conf.tracking.flush_every))
-            learn = fit_fold(conf, data, fold, device, cbs)
+            learn = fit_fold(conf, data, fold, device, callbacks, tracker, fold_rid)
             per_fold[fold.name] = {**learn.metrics, "train_seconds": learn.train_seconds}
             if fold_rid is not None:
                 tracker.log_metrics(fold_rid, [("train_seconds", learn.train_seconds, learn.step)])
@@ -166,25 +175,28 @@ def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Seq
                     files[name] = json.dumps(table).encode()
                 tracker.log_files(fold_rid, files)
                 if fold_rid != rid:
-                    tracker.end_run(fold_rid, "FINISHED")
+                    tracker.end_run(fold_rid, "FINISHED", _tags(outcome(None)))
             fold_rid = None
         result = RunResult({**_summary(per_fold), **peak_memory()}, per_fold, model=learn.model)
         if tracker is not None:  # what the run lacks: a single fold's run has its own metrics already
             logged, step = (per_fold[fold.name], learn.step) if len(per_fold) == 1 else ({}, 0)
             tracker.log_metrics(rid, [(k, v, step) for k, v in result.metrics.items() if k not in logged])
-    except KeyboardInterrupt:
-        status, reason = "KILLED", "interrupted (Ctrl-C or SIGTERM)"
-        raise
     except BaseException as e:
-        status, reason = "FAILED", f"{type(e).__name__}: {e}"
+        error = e
         raise
     finally:
         if tracker is not None:
+            end = outcome(error)
             if fold_rid is not None and fold_rid != rid:
-                tracker.end_run(fold_rid, status, reason)
+                tracker.end_run(fold_rid, end.status, _tags(end))
             if rid is not None:
-                tracker.end_run(rid, status, reason)
+                tracker.end_run(rid, end.status, _tags(end))
     if tracker is not None:
         info = tracker.run_info(rid)
-        result.run_id, result.experiment_id, result.tracking_uri = info["run_id"], info["experiment_id"], tracker.uri
+        result.run_id, result.experiment_id, result.tracking_uri = info.run_id, info.experiment_id, tracker.uri
     return result
+
+
+def _tags(end: Outcome) -> dict[str, str]:
+    """The tags a run ends with: its outcome, and why it stopped when it did not finish."""
+    return {"outcome": end.outcome, **({"stop_reason": end.reason} if end.reason else {})}

@@ -1,9 +1,10 @@
-"""Data sets by name: `build(conf)` returns in-memory Folds."""
+"""Data sets by name: `build(conf)` returns Folds; `batches` turns a fold's part into the Learner's source."""
 
 from __future__ import annotations
 
 import importlib
 
+from lesson5.data.batches import batches
 from lesson5.data.folds import Data, Fold
 
 # name -> module with a build(conf) -> Data; imported only when used.
@@ -16,4 +17,4 @@ def build(conf) -> Data:
     return importlib.import_module(REGISTRY[conf.name]).build(conf)
 
 
-__all__ = ["Data", "Fold", "build", "REGISTRY"]
+__all__ = ["Data", "Fold", "build", "batches", "REGISTRY"]

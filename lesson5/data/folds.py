@@ -1,20 +1,21 @@
-"""In-memory data sets: whole tensors, one Fold per train/valid split, so batches are index slices."""
+"""A data set as the core sees it: one Fold per train/valid split, plus what models need to size themselves."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
+from lesson5.data.batches import Part
 
 
 @dataclass
 class Fold:
-    """One train/valid split of (inputs, targets) tensors."""
+    """One train/valid split. Each part is (inputs, targets) CPU tensors or a Dataset (`data.batches` makes the
+    Learner's source from it, on the run's device)."""
 
     name: str
-    train: tuple[Tensor, Tensor]
-    valid: tuple[Tensor, Tensor]
+    train: Part
+    valid: Part
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Learning-rate and momentum schedules, applied to every param group relative to its own max lr.
+"""Learning-rate and momentum schedules: a callback that sets every param group's lr, relative to its own max lr,
+before each step of a fit. Each fit (stage) runs its own schedule over its own steps.
 
 One-cycle follows fastai v1's `fit_one_cycle` (Smith, "Super-Convergence", arXiv:1708.07120): over the first
 `pct_start` of the steps the lr rises from lr/div to lr along a cosine while momentum falls from moms[0] to
@@ -12,9 +13,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from torch.optim import Optimizer
-
 from lesson5.config import ScheduleConf, ScheduleName
+from lesson5.learner import Callback, Learner
 
 
 def cos_anneal(start: float, end: float, pct: float) -> float:
@@ -31,45 +31,46 @@ def one_cycle(pos: float, *, pct_start: float, div: float, div_final: float, mom
     return cos_anneal(1.0, 1 / div_final, p), cos_anneal(moms[1], moms[2], p)
 
 
-class Scheduler:
-    """Sets each group's lr (and momentum, when the optimizer has one) before every step."""
-
-    def __init__(self, conf: ScheduleConf, opt: Optimizer, total_steps: int, momentum_key: Optional[str]):
-        self.conf, self.opt, self.total = conf, opt, max(total_steps, 1)
-        self.momentum_key = momentum_key
-        self.base_mom = _get_mom(opt.param_groups[0], momentum_key) if momentum_key else None
-
-    def at(self, step: int) -> tuple[float, Optional[float]]:
-        """(lr multiplier, momentum) for a global step."""
-        if self.conf.name is ScheduleName.constant:
-            return 1.0, self.base_mom
-        c = self.conf
-        mult, mom = one_cycle(step / self.total, pct_start=c.pct_start, div=c.div, div_final=c.div_final, moms=c.moms)
-        return mult, (mom if self.momentum_key else None)
-
-    def planned(self) -> list[tuple[float, Optional[float]]]:
-        """What step(i) will return for each step i of the fit, without applying anything."""
-        top = self.opt.param_groups[-1]["max_lr"]
-        return [(top * mult, mom) for mult, mom in map(self.at, range(self.total))]
-
-    def step(self, step: int) -> tuple[float, Optional[float]]:
-        """Apply the schedule for `step`; returns the last group's lr and the momentum."""
-        mult, mom = self.at(step)
-        for g in self.opt.param_groups:
-            g["lr"] = g["max_lr"] * mult
-            if mom is not None:
-                _set_mom(g, self.momentum_key, mom)
-        return self.opt.param_groups[-1]["lr"], mom
-
-
-def _get_mom(group: dict, key: str) -> float:
+def get_momentum(group: dict, key: str) -> float:
+    """A param group's momentum under `key` (`betas` holds Adam's as its first element)."""
     return group["betas"][0] if key == "betas" else group[key]
 
 
-def _set_mom(group: dict, key: str, mom: float) -> None:
+def _set_momentum(group: dict, key: str, mom: float) -> None:
     if key == "betas":
         group["betas"] = (mom, group["betas"][1])
     else:
         group[key] = mom
         if group.get("dampening"):  # keep SGD's momentum a moving average: v = mom*v + (1-mom)*g
             group["dampening"] = mom
+
+
+class ParamScheduler(Callback):
+    """Sets each group's lr (and the momentum, when the optimizer has one) before every step of a fit.
+
+    `momentum_key` is the param-group key the momentum lives under (`optim.momentum_key`), None for none.
+    """
+
+    order = 10  # before anything that reads the lr of a step
+
+    def __init__(self, conf: ScheduleConf, momentum_key: Optional[str]):
+        self.conf, self.momentum_key, self.total = conf, momentum_key, 1
+
+    def at(self, fit_step: int) -> tuple[float, Optional[float]]:
+        """(lr multiplier, momentum or None to leave it) for a step of the current fit."""
+        if self.conf.name is ScheduleName.constant:
+            return 1.0, None
+        c = self.conf
+        mult, mom = one_cycle(fit_step / self.total, pct_start=c.pct_start, div=c.div, div_final=c.div_final,
+                              moms=c.moms)
+        return mult, (mom if self.momentum_key else None)
+
+    def before_fit(self, learn: Learner) -> None:
+        self.total = max(learn.total_steps, 1)
+
+    def before_batch(self, learn: Learner) -> None:
+        mult, mom = self.at(learn.fit_step)
+        for g in learn.opt.param_groups:
+            g["lr"] = g["max_lr"] * mult
+            if mom is not None:
+                _set_momentum(g, self.momentum_key, mom)

@@ -1,0 +1,90 @@
+"""Where a fit's batches come from. The Learner sees only `len(source)` and `source.epoch(gen)`.
+
+Two sources share that interface:
+- `TensorBatches`: whole in-memory tensors (MovieLens, MNIST), moved to the device once. A batch is a slice of
+  the data gathered into shuffled order once per epoch, with no per-row Dataset/DataLoader cost.
+- `LoaderBatches`: a torch `DataLoader` over a `Dataset`, with workers and transforms, for data that does not fit
+  in memory as one tensor (image folders, augmentation).
+
+Both shuffle with `torch.randperm(n, generator=gen)`, so on the same rows and seed they give the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional, Union
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+Batch = tuple[Tensor, Tensor]
+# A fold's train or valid part, as data modules return it: (inputs, targets) tensors, or a Dataset of pairs.
+Part = Union[tuple[Tensor, Tensor], Dataset]
+
+# Up to this size a dataset is gathered into shuffled order once per epoch and batches are free slices of it;
+# beyond, allocating (and page-faulting) a fresh copy each epoch costs more than gathering each batch.
+PERMUTE_MAX_BYTES = 1 << 24
+VALID_TENSOR_BS = 8192  # in-memory validation needs no small batches: fewer, larger calls
+
+
+class TensorBatches:
+    """Batches sliced from (x, y) tensors held on the device."""
+
+    def __init__(self, x: Tensor, y: Tensor, bs: int, device: torch.device):
+        self.x, self.y, self.bs, self.device = x.to(device), y.to(device), bs, device
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.bs)
+
+    def epoch(self, gen: Optional[torch.Generator] = None) -> Iterator[Batch]:
+        """One pass: in order when `gen` is None, else in a fresh random order drawn from it."""
+        x, y, bs = self.x, self.y, self.bs
+        if gen is None:
+            return zip(x.split(bs), y.split(bs))
+        perm = torch.randperm(len(y), generator=gen).to(self.device)
+        if x.nbytes + y.nbytes <= PERMUTE_MAX_BYTES:
+            return zip(x.index_select(0, perm).split(bs), y.index_select(0, perm).split(bs))
+        return ((x.index_select(0, idx), y.index_select(0, idx)) for idx in perm.split(bs))
+
+
+class _Order(Sampler[int]):
+    """Row order for one epoch: a permutation from the generator set just before it, or 0..n-1."""
+
+    def __init__(self, n: int):
+        self.n, self.gen = n, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.n) if self.gen is None else torch.randperm(self.n, generator=self.gen).tolist())
+
+
+class LoaderBatches:
+    """Batches from a DataLoader over `dataset`; workers persist across epochs, and across fits of a Learner."""
+
+    def __init__(self, dataset: Dataset, bs: int, device: torch.device, num_workers: int = 0):
+        self.order, self.device = _Order(len(dataset)), device
+        self.loader = DataLoader(dataset, batch_size=bs, sampler=self.order, num_workers=num_workers,
+                                 pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, gen: Optional[torch.Generator] = None) -> Iterator[Batch]:
+        """One pass: in order when `gen` is None, else shuffled by it (the sampler runs in this process)."""
+        self.order.gen = gen
+        for xb, yb in self.loader:
+            yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+
+Batches = Union[TensorBatches, LoaderBatches]
+
+
+def batches(part: Part, bs: int, device: torch.device, *, train: bool, num_workers: int = 0) -> Batches:
+    """The source for a fold's part: tensors stay whole on the device, a Dataset goes through a DataLoader.
+    Validation over in-memory tensors uses large batches; over a Dataset, twice the training batch."""
+    if isinstance(part, tuple):
+        return TensorBatches(*part, bs if train else max(bs, VALID_TENSOR_BS), device)
+    return LoaderBatches(part, bs if train else 2 * bs, device, num_workers)

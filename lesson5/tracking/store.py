@@ -1,0 +1,77 @@
+"""The MLflow store a run is tracked in: its URI, a check that it can work, and the lock for setting it up.
+
+No torch and no MLflow at import: the trainer imports this, and so does the writer before MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from lesson5.errors import TrackingError
+
+SETUP_LOCK_KEY = 0x6C6573736F6E35  # "lesson5": the PostgreSQL advisory lock held while a writer sets up its store
+
+
+def resolve_uri(uri: Optional[str]) -> str:
+    """tracking.uri, or MLflow's embedded default `sqlite:///mlflow.db` made absolute for the current folder."""
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, on a store that cannot work."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking.uri={uri}: folder {folder} does not exist or is not writable. "
+                                f"Create it, or set tracking.uri to another location (or tracking=none).")
+    elif uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(f"tracking.uri={uri}: cannot reach the MLflow server ({e}). Start it with "
+                                f"`mlflow server --port ...`, or fix tracking.uri (or use tracking=none).") from e
+
+
+@contextlib.contextmanager
+def setup_lock(uri: str):
+    """Serialize the first touch of a SQL store across the writers that may share it.
+
+    MLflow creates and migrates a new store's tables on first use, and two processes doing it at once fail:
+    on SQLite "duplicate column name" or "table _alembic_tmp_... already exists", on PostgreSQL a unique
+    violation on the new tables' types (6 of 9 writers started together on a fresh database failed). That is
+    several commands started together, or a sweep's workers, on one machine or many. SQLite stores take an
+    exclusive flock on the database file (SQLite itself uses fcntl locks, which do not interact with it);
+    PostgreSQL stores take a session-level advisory lock in their database, which every machine sees.
+    """
+    if uri.startswith("sqlite:///"):
+        with open(uri[len("sqlite:///"):], "ab") as f:  # an empty file is an empty SQLite database
+            with contextlib.suppress(OSError):  # a file system without flock: go ahead unserialized
+                fcntl.flock(f, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+    elif uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(uri, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as con:
+                con.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": SETUP_LOCK_KEY})
+                yield  # closing the connection ends the session, which releases the lock
+        finally:
+            engine.dispose()
+    else:
+        yield
