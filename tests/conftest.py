@@ -1,4 +1,4 @@
-"""Shared fixtures: configs composed the way the CLI composes them, and small MovieLens-shaped data."""
+"""Shared fixtures: small MovieLens-shaped data, a temporary tracked store, a throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -11,18 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-
-from lesson5.config import register
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-register()
-
-
-def make_cfg(*overrides: str):
-    """The composed config for these overrides, exactly as `python -m lesson5` would build it."""
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def write_movielens(folder: Path, n_users: int = 60, n_items: int = 80, n_ratings: int = 3000, seed: int = 0) -> Path:

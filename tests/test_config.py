@@ -6,19 +6,21 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from lesson5 import data as datasets
 from lesson5.config import flatten, validate
 from lesson5.errors import ConfigError
 from lesson5.run import run
-from tests.conftest import make_cfg
+from lesson5 import compose
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 
 
 def test_defaults_are_the_lesson_recipe():
-    conf = validate(make_cfg())
+    conf = validate(compose())
     assert (conf.model.n_factors, conf.model.y_range) == (40, [0.0, 5.5])
     assert (conf.optim.name.value, conf.optim.lr, conf.optim.wd, conf.optim.wd_mode.value) == ("adam", 5e-3, 0.1, "decoupled")
     assert (conf.optim.momentum, conf.optim.sqr_mom, conf.optim.eps) == (0.9, 0.99, 1e-5)
@@ -27,7 +29,43 @@ def test_defaults_are_the_lesson_recipe():
 
 
 def test_experiment_recipe_composes_to_the_defaults():
-    assert flatten(make_cfg("experiment=lesson5_collab")) == flatten(make_cfg())
+    assert flatten(compose(["experiment=lesson5_collab"])) == flatten(compose())
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_validates(name):
+    conf = validate(compose([f"experiment={name}"]))
+    assert conf.model.name and conf.trainer.epochs >= 1
+
+
+def test_the_model_brings_its_recipe_and_the_command_line_wins():
+    mlp = validate(compose(["model=mlp", "data=mnist"]))
+    assert (mlp.optim.lr, mlp.optim.wd, mlp.trainer.epochs) == (1e-2, 0.0, 10)
+    assert validate(compose(["model=mlp", "data=mnist", "optim.wd=0.05"])).optim.wd == 0.05
+    assert validate(compose(["experiment=mnist_lesson"])).trainer.epochs == 1  # an experiment wins over a recipe
+
+
+def _option_files():
+    for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "recipe")):
+        yield from sorted(group.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", list(_option_files()), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_option_file_repeats_a_schema_default(path):
+    """Every default has one home: an option file sets only what differs from its schema's field defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    body = OmegaConf.load(path)
+    (base,) = [d for d in body.pop("defaults") if d != "_self_"]
+    schema = ConfigStore.instance().load(f"{path.parent.name}/{base}.yaml").node
+    repeated = [k for k, v in body.items() if k != "name" and OmegaConf.to_container(OmegaConf.create({"v": v}))
+                == OmegaConf.to_container(OmegaConf.create({"v": schema[k]}), enum_to_str=True)]
+    assert not repeated, f"{path} repeats the schema's defaults for {repeated}"
+
+
+def test_log_every_n_steps_must_be_positive():
+    with pytest.raises(ConfigError, match="tracking.log_every_n_steps=0"):
+        validate(compose(["tracking.log_every_n_steps=0"]))
 
 
 @pytest.mark.parametrize("override, key, allowed", [
@@ -42,27 +80,27 @@ def test_out_of_range_values_name_the_key(override, key, allowed, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(datasets, "build", lambda conf: pytest.fail("data fetched before validation"))
     with pytest.raises(ConfigError) as err:
-        run(make_cfg(override, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"))
+        run(compose([override, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]))
     assert key in str(err.value) and allowed in str(err.value)
     assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was created
 
 
 def test_every_bad_key_is_reported_at_once():
     with pytest.raises(ConfigError) as err:
-        validate(make_cfg("optim.lr=0", "model.n_factors=-3"))
+        validate(compose(["optim.lr=0", "model.n_factors=-3"]))
     assert "optim.lr" in str(err.value) and "model.n_factors" in str(err.value)
 
 
 @pytest.mark.parametrize("override", ["optim.impl=numpy", "data.split=u9", "optim.wd_mode=l1"])
 def test_unknown_choices_are_refused_while_composing(override):
     with pytest.raises((ConfigCompositionException, ValidationError)) as err:
-        make_cfg(override)
+        compose([override])
     assert override.split("=")[0].split(".")[-1] in str(err.value) or override.split("=")[1] in str(err.value)
 
 
 def test_unknown_config_group_option_is_refused():
     with pytest.raises(ConfigCompositionException) as err:
-        make_cfg("model=colab")
+        compose(["model=colab"])
     assert "collab" in str(err.value)
 
 

