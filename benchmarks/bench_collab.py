@@ -1,6 +1,6 @@
 """Collab benchmark: lesson5 against fastai's collab_learner on the lesson recipe, side by side.
 
-    python benchmarks/bench_collab.py [--repeats 3] [--no-fastai]
+    python benchmarks/bench_collab.py [--repeats 3] [--no-fastai] [--before REV]
 
 Each case runs in a fresh process, in turn, `--repeats` times; the table shows medians and ratios against the
 first case (the baseline), because absolute times on shared machines drift. `fit s` is the training alone
@@ -11,6 +11,8 @@ tracking included, as a user waits for it. Cases:
   lesson5       `python -m lesson5 tracking=none`: the same recipe (the defaults)
   lesson5+mlflow  `python -m lesson5`, tracked into a SQLite store (new on the first repeat, then reused)
   collab_fast   `python -m lesson5 experiment=collab_fast tracking=none`
+  before, before+mlflow   with --before REV: the first two lesson5 cases run from a checkout of git revision REV
+                (a temporary `git worktree`, same venv), to compare a change with what it replaced
 Then, in one process, run(cfg) as sweep trials call it, untracked and tracked through one shared writer.
 fastai is optional (`pip install -e .[bench]`); without it the lesson5 run is the baseline.
 """
@@ -18,6 +20,7 @@ fastai is optional (`pip install -e .[bench]`); without it the lesson5 run is th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -27,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,9 +55,10 @@ def case_fastai() -> dict:
     return {"fit_s": seconds, "valid_rmse": valid_mse**0.5, "threads": torch.get_num_threads()}
 
 
-def case_lesson5(*overrides: str) -> dict:
-    """The command a user types, `python -m lesson5 ...`, in a subprocess; metrics read from its final table."""
-    out = subprocess.run([sys.executable, "-m", "lesson5", "trainer.progress=false", *overrides], cwd=ROOT,
+def case_lesson5(*overrides: str, tree: Path = ROOT) -> dict:
+    """The command a user types, `python -m lesson5 ...`, in a subprocess; metrics read from its final table.
+    Run from `tree`, whose lesson5 package shadows the installed one (the current folder comes first)."""
+    out = subprocess.run([sys.executable, "-m", "lesson5", "trainer.progress=false", *overrides], cwd=tree,
                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     if out.returncode != 0:
         sys.exit(f"python -m lesson5 {' '.join(overrides)} failed:\n{out.stderr[-3000:]}")
@@ -67,16 +72,12 @@ def case_sweep_trials(store: str, repeats: int) -> dict:
     Trials share a Tracker, so the writer's start-up is paid once and its plotting overlaps the next trial; the
     wall time of each run() call is what a sweep pays per trial. The first call of each kind warms up imports.
     """
-    from hydra import compose, initialize_config_dir
-
-    from lesson5.config import register
+    from lesson5 import compose
     from lesson5.run import run
     from lesson5.tracking import Tracker
 
-    register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        off = compose(config_name="config", overrides=["trainer.progress=false", "tracking=none"])
-        on = compose(config_name="config", overrides=["trainer.progress=false", f"tracking.uri=sqlite:///{store}/sweep.db"])
+    off = compose(["trainer.progress=false", "tracking=none"])
+    on = compose(["trainer.progress=false", f"tracking.uri=sqlite:///{store}/sweep.db"])
     tracker = Tracker(on.tracking.uri)
     times: dict[str, list[float]] = {"off": [], "on": []}
     try:
@@ -91,31 +92,53 @@ def case_sweep_trials(store: str, repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def cases(with_fastai: bool, store: str) -> dict[str, list[str]]:
-    out = {"fastai": ["fastai"]} if with_fastai else {}
-    out["lesson5"] = ["lesson5", "tracking=none"]
-    out["lesson5+mlflow"] = ["lesson5", f"tracking.uri=sqlite:///{store}/mlflow.db", "tracking.experiment=bench"]
-    out["collab_fast"] = ["lesson5", "experiment=collab_fast", "tracking=none"]
+def cases(with_fastai: bool, store: str, before: Optional[Path]) -> dict[str, tuple[Optional[Path], list[str]]]:
+    """name -> (the tree to run lesson5 from, or None for fastai; its overrides)."""
+    out = {"fastai": (None, [])} if with_fastai else {}
+    untracked, tracked = ["tracking=none"], [f"tracking.uri=sqlite:///{store}/mlflow.db", "tracking.experiment=bench"]
+    out["lesson5"] = (ROOT, untracked)
+    out["lesson5+mlflow"] = (ROOT, tracked)
+    if before is not None:
+        out["before"] = (before, untracked)
+        out["before+mlflow"] = (before, [f"tracking.uri=sqlite:///{store}/before.db", "tracking.experiment=bench"])
+    out["collab_fast"] = (ROOT, ["experiment=collab_fast", "tracking=none"])
     return out
 
 
-def one(argv: list[str]) -> dict:
+def one(tree: Optional[Path], overrides: list[str]) -> dict:
     """Run one case in a fresh process; `command_s` is that process's wall time, imports and all."""
     t = time.perf_counter()
-    if argv[0] == "fastai":
+    if tree is None:
         out = subprocess.run([sys.executable, __file__, "--fastai"], cwd=ROOT, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"fastai failed:\n{out.stderr[-3000:]}")
         res = json.loads(out.stdout.strip().splitlines()[-1])
     else:
-        res = case_lesson5(*argv[1:])
+        res = case_lesson5(*overrides, tree=tree)
     return {**res, "command_s": time.perf_counter() - t}
+
+
+@contextlib.contextmanager
+def checkout(rev: Optional[str]):
+    """A temporary worktree of git revision `rev` (None: nothing)."""
+    if rev is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-fastai", action="store_true")
+    ap.add_argument("--before", metavar="REV", help="also run the lesson5 cases from this git revision")
     ap.add_argument("--fastai", action="store_true", help=argparse.SUPPRESS)  # internal: the fastai case, as JSON
     ap.add_argument("--sweep-trials", help=argparse.SUPPRESS)  # internal: the sweep-trial case, as JSON
     args = ap.parse_args()
@@ -133,11 +156,11 @@ def main() -> None:
         with_fastai = False
         print("fastai is not installed (pip install -e .[bench]); lesson5 is the baseline")
     results: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory() as store:
-        plan = cases(with_fastai, store)
+    with tempfile.TemporaryDirectory() as store, checkout(args.before) as before:
+        plan = cases(with_fastai, store, before)
         for r in range(args.repeats):
-            for name, argv in plan.items():  # interleaved, so drift hits every case alike
-                results.setdefault(name, []).append(one(argv))
+            for name, (tree, overrides) in plan.items():  # interleaved, so drift hits every case alike
+                results.setdefault(name, []).append(one(tree, overrides))
                 print(f"  repeat {r + 1} {name}: {results[name][-1]}", file=sys.stderr)
         out = subprocess.run([sys.executable, __file__, "--sweep-trials", store, "--repeats", str(args.repeats)],
                              cwd=ROOT, capture_output=True, text=True)
@@ -152,11 +175,15 @@ def main() -> None:
     for name, m in med.items():
         print(f"{name:<16}{m['fit_s']:>8.2f}{med[base]['fit_s'] / m['fit_s']:>8.1f}x{m['command_s']:>11.2f}"
               f"{med[base]['command_s'] / m['command_s']:>8.1f}x{m['valid_rmse']:>12.4f}")
-    if "lesson5+mlflow" in med:
-        on, off = med["lesson5+mlflow"], med["lesson5"]
-        print(f"\ntracking overhead: fit {100 * (on['fit_s'] / off['fit_s'] - 1):+.1f}%, "
-              f"whole command {100 * (on['command_s'] / off['command_s'] - 1):+.1f}% "
-              f"({on['command_s'] - off['command_s']:+.2f} s)")
+    print()
+    for label, (on, off) in {"tracking overhead": ("lesson5+mlflow", "lesson5"),
+                             "tracking overhead, before": ("before+mlflow", "before"),
+                             "this tree against before, untracked": ("lesson5", "before"),
+                             "this tree against before, tracked": ("lesson5+mlflow", "before+mlflow")}.items():
+        if on in med and off in med:
+            a, b = med[on], med[off]
+            print(f"{label}: fit {100 * (a['fit_s'] / b['fit_s'] - 1):+.1f}%, whole command "
+                  f"{100 * (a['command_s'] / b['command_s'] - 1):+.1f}% ({a['command_s'] - b['command_s']:+.2f} s)")
     print(f"sweep trials (run(cfg) in one process, one shared writer): untracked {trials['off']:.2f} s, "
           f"tracked {trials['on']:.2f} s, {100 * (trials['on'] / trials['off'] - 1):+.1f}% per trial")
 

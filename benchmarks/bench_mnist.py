@@ -56,18 +56,13 @@ def lesson_epoch(data) -> tuple[float, float]:
 
 
 def lesson5_epoch(data_name: str, impl: str) -> tuple[float, float]:
-    from hydra import compose, initialize_config_dir
-
-    from lesson5.config import register
+    from lesson5 import compose
     from lesson5.run import run
 
-    register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "model=mlp", f"data={data_name}", "optim=sgd", f"optim.impl={impl}", "optim.wd_mode=l2",
-            f"optim.lr={LR}", f"optim.wd={2 * WD}", "schedule=constant", "trainer.epochs=1", f"trainer.bs={BS}",
-            "trainer.progress=false", "tracking=none"])
-    result = run(cfg)
+    result = run(compose([
+        "model=mlp", f"data={data_name}", "optim=sgd", f"optim.impl={impl}", "optim.wd_mode=l2",
+        f"optim.lr={LR}", f"optim.wd={2 * WD}", "schedule=constant", "trainer.epochs=1", f"trainer.bs={BS}",
+        "trainer.progress=false", "tracking=none"]))
     return result.metrics["train_seconds"], result.metrics["valid_accuracy"]
 
 
@@ -76,14 +71,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", default="fashion_mnist", choices=["fashion_mnist", "mnist"])
     args = ap.parse_args()
-    from hydra import compose, initialize_config_dir
-
+    from lesson5 import compose
     from lesson5 import data as datasets
-    from lesson5.config import register, validate
+    from lesson5.config import validate
 
-    register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        conf = validate(compose(config_name="config", overrides=[f"data={args.data}", "model=mlp"]))
+    conf = validate(compose([f"data={args.data}", "model=mlp"]))
     data = datasets.build(conf.data)
     torch.set_num_threads(1)  # both loops on one thread, as lesson5 runs by default
     times: dict[str, list[tuple[float, float]]] = {"lesson loop": [], "lesson5 torch": [], "lesson5 scratch": []}

@@ -67,21 +67,16 @@ def main() -> None:
     ap.add_argument("--fastai", action="store_true", help="also fastai's collab_learner on the same rows")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    from hydra import compose, initialize_config_dir
-
-    from lesson5.config import register
+    from lesson5 import compose
     from lesson5.run import run
 
-    register()
     seeds = [42, *[s for s in range(args.seeds) if s != 42]][: args.seeds]
     rows = []
     for split in args.splits:
         rmse = []
         for seed in seeds:
-            with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-                cfg = compose(config_name="config", overrides=["tracking=none", "trainer.progress=false",
-                                                               f"data.split={split}", f"trainer.seed={seed}",
-                                                               *args.overrides])
+            cfg = compose(["tracking=none", "trainer.progress=false", f"data.split={split}", f"trainer.seed={seed}",
+                           *args.overrides])
             rmse.append(run(cfg).metrics["valid_rmse"])
             print(f"  {split} seed {seed}: {rmse[-1]:.5f}", file=sys.stderr)
         rows.append((split, rmse))
