@@ -18,10 +18,8 @@ from typing import Any, Optional, Union
 
 from lesson5.errors import TrackingError
 from lesson5.tracking import writer
-from lesson5.tracking.messages import (Close, Closed, EndRun, Failed, LogFiles, LogMetrics, Row, StartRun, Started)
-from lesson5.tracking.store import check_reachable, resolve_uri, ui_command
-
-__all__ = ["Tracker", "resolve_uri", "ui_command", "check_reachable"]
+from lesson5.tracking.messages import Close, Closed, EndRun, Failed, LogFiles, LogMetrics, Row, StartRun, Started
+from lesson5.tracking.store import check_reachable, fail_run, resolve_uri, ui_command  # noqa: F401 - the API
 
 
 class Tracker:
@@ -85,12 +83,15 @@ class Tracker:
             raise TrackingError(f"MLflow store {self.uri}: the run was not created ({why})")
         return self.runs[rid]
 
+    def _raise_reported(self) -> None:
+        if self._errors:
+            raise TrackingError(f"MLflow store {self.uri}: {next(iter(self._errors.values()))}")
+
     def check(self) -> None:
         """Raise TrackingError if the writer has reported a failure."""
         while self._drain(block=False):
             pass
-        if self._errors:
-            raise TrackingError(f"MLflow store {self.uri}: {next(iter(self._errors.values()))}")
+        self._raise_reported()
         if not self._proc.is_alive():
             raise TrackingError(f"the MLflow writer process exited (code {self._proc.exitcode})")
 
@@ -108,8 +109,7 @@ class Tracker:
             if msg is None and not self._proc.is_alive():  # it died (killed, out of memory) without closing
                 break
         self._proc.join(timeout=10)
-        if self._proc.is_alive():
-            self._proc.terminate()
+        self._proc.terminate()  # if it is still there
         for q in (self._inbox, self._outbox):  # release their semaphores and feeder threads now
             q.close()
             q.join_thread()
@@ -119,8 +119,7 @@ class Tracker:
             self._fail_running_runs(f"the MLflow writer {why} before closing this run")
             raise TrackingError(f"the MLflow writer {why} before writing everything to {self.uri}; its runs are "
                                 f"marked FAILED. Check the machine's memory and the store, then run again.")
-        if self._errors:
-            raise TrackingError(f"MLflow store {self.uri}: {next(iter(self._errors.values()))}")
+        self._raise_reported()
 
     def _fail_running_runs(self, reason: str) -> None:
         """Without a writer, close its started runs here, so none is left RUNNING (MLflow imported only now)."""
@@ -130,8 +129,6 @@ class Tracker:
             client = MlflowClient(tracking_uri=self.uri)
             for info in self.runs.values():
                 if client.get_run(info.run_id).info.status == "RUNNING":
-                    client.set_tag(info.run_id, "outcome", "error")
-                    client.set_tag(info.run_id, "stop_reason", reason)
-                    client.set_terminated(info.run_id, "FAILED")
+                    fail_run(client, info.run_id, reason)
         except Exception as e:  # noqa: BLE001 - the store itself may be the problem; the caller raises anyway
             print(f"lesson5 tracking: could not mark the runs FAILED: {e}", file=sys.stderr)

@@ -12,11 +12,8 @@ from typing import Optional, Union
 Row = tuple[str, float, int]  # (key, value, step)
 
 
-# ---- trainer -> writer -------------------------------------------------------------------------------------
-
-
 @dataclass
-class StartRun:
+class StartRun:  # trainer -> writer: StartRun, LogMetrics, LogFiles, EndRun, Close
     rid: int
     experiment: str
     name: Optional[str]
@@ -51,11 +48,9 @@ class Close:
     """Finish everything queued, then exit."""
 
 
-# ---- writer -> trainer -------------------------------------------------------------------------------------
-
 
 @dataclass
-class Started:
+class Started:  # writer -> trainer: Started, Failed, Closed
     rid: int
     run_id: str
     experiment_id: str

@@ -47,6 +47,14 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                                 f"`mlflow server --port ...`, or fix tracking.uri (or use tracking=none).") from e
 
 
+def fail_run(client, run_id: str, reason: str) -> None:
+    """Close a run that its trainer or writer could not close as FAILED, saying why (client: an MlflowClient)."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag("outcome", "error"), RunTag("stop_reason", reason[:5000])])
+    client.set_terminated(run_id, "FAILED")
+
+
 @contextlib.contextmanager
 def setup_lock(uri: str):
     """Serialize the first touch of a SQL store across the writers that may share it.

@@ -10,24 +10,32 @@ It must never import torch (tests/test_tracking.py checks): that would cost each
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lesson5.process import fast_exit, pause_gc, resume_gc
-from lesson5.tracking.messages import (Close, Closed, EndRun, Failed, LogFiles, LogMetrics, StartRun, Started)
-from lesson5.tracking.store import setup_lock
+from lesson5.tracking.messages import Close, Closed, EndRun, Failed, LogFiles, LogMetrics, StartRun, Started
+from lesson5.tracking.store import fail_run, setup_lock
 
-METRICS_PER_CALL = 1000  # MLflow's log_batch limit
-PARAMS_PER_CALL = 100
+PER_CALL = {"metrics": 1000, "params": 100}  # MLflow's log_batch limits
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's system tag for nested runs
 
 
+@dataclass
+class _Run:
+    run_id: str
+    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> (step, value), for plots
+    tables: dict[str, object] = field(default_factory=dict)  # JSON artifacts by path, for plots
+
+
 class Writer:
-    """MLflow calls for the messages of one trainer; a run's metric series are kept for its plots."""
+    """MLflow calls for the messages of one trainer, by local run id."""
 
     def __init__(self, uri: str):
         from mlflow import MlflowClient
@@ -35,25 +43,21 @@ class Writer:
         with setup_lock(uri):
             self.client = MlflowClient(tracking_uri=uri)
             self.client.search_experiments(max_results=1)  # touch the store now, so a bad one is reported early
-        self.run_ids: dict[int, str] = {}
-        self.series: dict[int, dict[str, list[tuple[int, float]]]] = {}  # per run: key -> (step, value)
-        self.tables: dict[int, dict[str, object]] = {}  # per run: JSON artifacts by path, for the plots
+        self.runs: dict[int, _Run] = {}
 
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return self.client.create_experiment(name)
-        except Exception:  # noqa: BLE001 - another writer created it first
-            return self.client.get_experiment_by_name(name).experiment_id
+        if exp is None:
+            try:
+                return self.client.create_experiment(name)
+            except Exception:  # noqa: BLE001 - another writer created it first
+                exp = self.client.get_experiment_by_name(name)
+        return exp.experiment_id
 
     def _parent_run_id(self, parent) -> str:
         """The MLflow id of a parent given as a local id or an MLflow run id; one that does not exist raises."""
         if isinstance(parent, int):
-            if parent not in self.run_ids:
-                raise ValueError(f"parent run {parent} was never started by this tracker")
-            return self.run_ids[parent]
+            return self.runs[parent].run_id  # started by this tracker before its child: the queue keeps order
         from mlflow.exceptions import MlflowException
 
         try:
@@ -61,63 +65,56 @@ class Writer:
         except MlflowException as e:
             raise ValueError(f"parent run id {parent!r} does not exist in this store ({e.error_code})") from None
 
+    def _log_batch(self, run_id: str, kind: str, items: list) -> None:
+        for i in range(0, len(items), PER_CALL[kind]):
+            self.client.log_batch(run_id, **{kind: items[i : i + PER_CALL[kind]]})
+
     def start(self, msg: StartRun) -> Started:
         from mlflow.entities import Param
 
-        tags = dict(msg.tags)
-        if msg.parent is not None:
-            tags[PARENT_TAG] = self._parent_run_id(msg.parent)
+        tags = {**msg.tags, PARENT_TAG: self._parent_run_id(msg.parent)} if msg.parent is not None else msg.tags
         exp_id = self._experiment_id(msg.experiment)
-        run_id = self.client.create_run(exp_id, run_name=msg.name, tags=tags).info.run_id
-        self.run_ids[msg.rid], self.series[msg.rid], self.tables[msg.rid] = run_id, {}, {}
-        params = [Param(k, v[:6000]) for k, v in msg.params.items()]
-        for i in range(0, len(params), PARAMS_PER_CALL):
-            self.client.log_batch(run_id, params=params[i : i + PARAMS_PER_CALL])
+        run = self.runs[msg.rid] = _Run(self.client.create_run(exp_id, run_name=msg.name, tags=tags).info.run_id)
+        self._log_batch(run.run_id, "params", [Param(k, v[:6000]) for k, v in msg.params.items()])
         self.files(LogFiles(msg.rid, msg.files))
-        return Started(msg.rid, run_id, exp_id)
+        return Started(msg.rid, run.run_id, exp_id)
 
     def metrics(self, msg: LogMetrics) -> None:
         from mlflow.entities import Metric
 
-        series = self.series[msg.rid]
+        run = self.runs[msg.rid]
         for k, v, s in msg.rows:
-            series.setdefault(k, []).append((s, v))
-        batch = [Metric(k, v, msg.timestamp, s) for k, v, s in msg.rows]
-        for i in range(0, len(batch), METRICS_PER_CALL):
-            self.client.log_batch(self.run_ids[msg.rid], metrics=batch[i : i + METRICS_PER_CALL])
+            run.series.setdefault(k, []).append((s, v))
+        self._log_batch(run.run_id, "metrics", [Metric(k, v, msg.timestamp, s) for k, v, s in msg.rows])
 
     def files(self, msg: LogFiles) -> None:
         """All of a message's files in one log_artifacts call, from a temporary tree of their run paths."""
-        if not msg.files:
-            return
-        import json
-
+        run = self.runs[msg.rid]
         with tempfile.TemporaryDirectory() as tmp:
             for rel, data in msg.files.items():
-                path = Path(tmp) / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
+                (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+                (Path(tmp) / rel).write_bytes(data)
                 if rel.endswith(".json"):  # data for the plots drawn when the run ends
-                    self.tables[msg.rid][rel] = json.loads(data)
-            self.client.log_artifacts(self.run_ids[msg.rid], tmp)
+                    run.tables[rel] = json.loads(data)
+            if msg.files:
+                self.client.log_artifacts(run.run_id, tmp)
 
     def end(self, msg: EndRun) -> None:
-        run_id = self.run_ids[msg.rid]
+        from mlflow.entities import RunTag
+
+        run = self.runs[msg.rid]
         try:
-            plots = _plots()
-            self.files(LogFiles(msg.rid, {f"plots/{name}.png": png for name, png in
-                                          plots.run_plots(self.series[msg.rid], self.tables[msg.rid])}))
+            pngs = _plots().run_plots(run.series, run.tables)
+            self.files(LogFiles(msg.rid, {f"plots/{name}.png": png for name, png in pngs}))
         finally:
-            for k, v in msg.tags.items():
-                self.client.set_tag(run_id, k, v[:5000])
-            self.client.set_terminated(run_id, msg.status)
-            del self.series[msg.rid], self.tables[msg.rid]
+            self.client.log_batch(run.run_id, tags=[RunTag(k, v[:5000]) for k, v in msg.tags.items()])
+            self.client.set_terminated(run.run_id, msg.status)
+            run.series = None  # closed: kept only to resolve children's parents
 
     def fail_open_runs(self, reason: str) -> None:
-        for rid in list(self.series):
-            self.client.set_tag(self.run_ids[rid], "outcome", "error")
-            self.client.set_tag(self.run_ids[rid], "stop_reason", reason)
-            self.client.set_terminated(self.run_ids[rid], "FAILED")
+        for run in self.runs.values():
+            if run.series is not None:
+                fail_run(self.client, run.run_id, reason)
 
 
 def _plots():
@@ -139,7 +136,7 @@ def serve(uri: str, inbox, outbox) -> None:
     except Exception as e:  # noqa: BLE001 - reported to the trainer, which raises TrackingError
         outbox.put(Failed(None, f"{type(e).__name__}: {e}"))
         w = None
-    broken: set[int] = set()  # runs whose messages failed: only their EndRun is still tried
+    broken: set[int] = set()
     while True:
         if w is not None and inbox.empty():
             _plots()  # matplotlib's import while idle, not when a run ends
@@ -154,10 +151,9 @@ def serve(uri: str, inbox, outbox) -> None:
         if isinstance(msg, Close):
             outbox.put(Closed())
             return
-        if w is None or not (isinstance(msg, StartRun) or msg.rid in w.run_ids):
-            continue  # no store, or the run never started (its failure was reported)
-        if msg.rid in broken and not isinstance(msg, EndRun):
-            continue
+        if w is None or (msg.rid not in w.runs and not isinstance(msg, StartRun)) or (
+                msg.rid in broken and not isinstance(msg, EndRun)):
+            continue  # no store, a run that never started, or one whose messages failed (only its end is tried)
         try:
             reply = HANDLERS[type(msg)](w, msg)
         except Exception as e:  # noqa: BLE001 - reported to the trainer, which raises TrackingError
@@ -165,7 +161,7 @@ def serve(uri: str, inbox, outbox) -> None:
             outbox.put(Failed(msg.rid, f"{type(e).__name__}: {e}"))
             print(f"lesson5 tracking: {type(msg).__name__} failed: {e}", file=sys.stderr)
         else:
-            if reply is not None:
+            if isinstance(reply, Started):
                 outbox.put(reply)
 
 
