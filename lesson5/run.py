@@ -15,7 +15,7 @@ import statistics
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -121,12 +121,14 @@ def _summary(per_fold: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[Callback] = (),
         tracker: Optional[Tracker] = None, parent_run_id: Optional[str] = None,
-        tags: Optional[dict[str, str]] = None) -> RunResult:
+        tags: Optional[dict[str, str]] = None,
+        end_tags: Optional[Callable[[Outcome], dict[str, str]]] = None) -> RunResult:
     """Validate, fetch the data, train every fold, track it all; the one training path.
 
     Pass a `tracker` to share one MLflow writer across runs (sweeps); otherwise a run starts and closes its own.
     `parent_run_id` nests the run under an existing MLflow run, made by any process; one that does not exist
-    raises TrackingError before training. `tags` are added to the run's own (a sweep's trial and study, say).
+    raises TrackingError before training. `tags` are added to the run's own (a sweep's trial and study, say),
+    and `end_tags(outcome)` to those it ends with (a trial's Optuna state).
     """
     conf = validate(cfg)
     own_tracker = tracker is None and conf.tracking.enabled
@@ -134,14 +136,15 @@ def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[C
         tracker = Tracker(conf.tracking.uri)  # the writer imports MLflow while the data loads
     try:
         return _run(cfg, conf, overrides, callbacks, tracker if conf.tracking.enabled else None, parent_run_id,
-                    tags or {})
+                    tags or {}, end_tags or (lambda end: {}))
     finally:
         if own_tracker:
             tracker.close()
 
 
 def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Sequence[Callback],
-         tracker: Optional[Tracker], parent_run_id: Optional[str], extra_tags: dict[str, str]) -> RunResult:
+         tracker: Optional[Tracker], parent_run_id: Optional[str], extra_tags: dict[str, str],
+         end_tags: Callable[[Outcome], dict[str, str]]) -> RunResult:
     device = pick_device(conf.trainer.device)
     if conf.trainer.threads:
         torch.set_num_threads(conf.trainer.threads)
@@ -190,7 +193,7 @@ def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Seq
             if fold_rid is not None and fold_rid != rid:
                 tracker.end_run(fold_rid, end.status, _tags(end))
             if rid is not None:
-                tracker.end_run(rid, end.status, _tags(end))
+                tracker.end_run(rid, end.status, {**_tags(end), **end_tags(end)})
     if tracker is not None:
         info = tracker.run_info(rid)
         result.run_id, result.experiment_id, result.tracking_uri = info.run_id, info.experiment_id, tracker.uri

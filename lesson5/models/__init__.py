@@ -13,3 +13,8 @@ REGISTRY = {"collab": "lesson5.models.collab", "logistic": "lesson5.models.mnist
 def build(conf, data) -> nn.Module:
     """The model conf.name selects, sized by the data."""
     return importlib.import_module(REGISTRY[conf.name]).build(conf, data)
+
+
+def loss_name(name: str) -> str:
+    """The loss a model declares (`mse`, `cross_entropy`), which decides the metrics its runs log."""
+    return importlib.import_module(REGISTRY[name]).LOSS

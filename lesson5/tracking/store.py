@@ -56,9 +56,11 @@ def fail_run(client, run_id: str, reason: str) -> None:
 
 
 @contextlib.contextmanager
-def setup_lock(uri: str):
-    """Serialize the first touch of a SQL store across the writers that may share it.
+def store_lock(uri: str, key: int = SETUP_LOCK_KEY):
+    """Hold an exclusive lock that every process using the store `uri` sees, on this machine or, for
+    PostgreSQL, on any. `uri` is a SQLAlchemy URL or a file path (an Optuna journal); `key` names the lock.
 
+    Writers take it to serialize the first touch of a SQL store:
     MLflow creates and migrates a new store's tables on first use, and two processes doing it at once fail:
     on SQLite "duplicate column name" or "table _alembic_tmp_... already exists", on PostgreSQL a unique
     violation on the new tables' types (6 of 9 writers started together on a fresh database failed). That is
@@ -66,8 +68,10 @@ def setup_lock(uri: str):
     exclusive flock on the database file (SQLite itself uses fcntl locks, which do not interact with it);
     PostgreSQL stores take a session-level advisory lock in their database, which every machine sees.
     """
-    if uri.startswith("sqlite:///"):
-        with open(uri[len("sqlite:///"):], "ab") as f:  # an empty file is an empty SQLite database
+    if uri.startswith("sqlite:///") or "://" not in uri:
+        # an empty file is an empty SQLite database; a journal's lock is a file of its own beside it
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else f"{uri}.lesson5-lock"
+        with open(path if key == SETUP_LOCK_KEY else f"{path}.{key:x}", "ab") as f:
             with contextlib.suppress(OSError):  # a file system without flock: go ahead unserialized
                 fcntl.flock(f, fcntl.LOCK_EX)
             yield  # closing the file releases the lock
@@ -77,7 +81,7 @@ def setup_lock(uri: str):
         engine = sa.create_engine(uri, poolclass=sa.pool.NullPool)
         try:
             with engine.connect() as con:
-                con.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": SETUP_LOCK_KEY})
+                con.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
                 yield  # closing the connection ends the session, which releases the lock
         finally:
             engine.dispose()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lesson5.process import fast_exit, pause_gc, resume_gc
 from lesson5.tracking.messages import Close, Closed, EndRun, Failed, LogFiles, LogMetrics, StartRun, Started
-from lesson5.tracking.store import fail_run, setup_lock
+from lesson5.tracking.store import fail_run, store_lock
 
 PER_CALL = {"metrics": 1000, "params": 100}  # MLflow's log_batch limits
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's system tag for nested runs
@@ -40,7 +40,7 @@ class Writer:
     def __init__(self, uri: str):
         from mlflow import MlflowClient
 
-        with setup_lock(uri):
+        with store_lock(uri):
             self.client = MlflowClient(tracking_uri=uri)
             self.client.search_experiments(max_results=1)  # touch the store now, so a bad one is reported early
         self.runs: dict[int, _Run] = {}

@@ -1,0 +1,199 @@
+"""The sweep driver: checks a study before any trial, owns its one MLflow parent run, starts the workers on this
+machine, and closes the parent with the study's summary and report once the study is complete.
+
+Every machine of a shared study runs this. The parent run's id is kept in the Optuna study (a user attribute),
+and is created under the study's lock, so machines that start together share one parent. The driver imports
+Optuna and MLflow, never torch: trials run in the worker processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from lesson5.errors import ConfigError
+from lesson5.sweep import spec as specs
+from lesson5.sweep import storage as stores
+from lesson5.sweep.spec import Study
+from lesson5.tracking.store import check_reachable, fail_run, resolve_uri
+
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+def _flag(value: str, key: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{key}={value}: expected true or false")
+    return value.lower() in ("true", "1", "yes")
+
+
+def _int(value: str, key: str, low: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = low - 1
+    if n < low:
+        raise ConfigError(f"{key}={value}: expected an integer >= {low}")
+    return n
+
+
+@dataclass
+class Sweep:
+    study: Study
+    storage: str
+    study_name: str
+    workers: int
+    tracking_uri: str
+    experiment: str
+    opt: optuna.Study
+    parent_run_id: Optional[str] = None
+
+    @classmethod
+    def prepare(cls, name: str, options: dict[str, str], overrides: list[str]) -> "Sweep":
+        """Everything that can be refused, refused before a trial or a parent run exists."""
+        from lesson5.config import compose, validate
+
+        study = specs.load(name, overrides)
+        if "pruner" in options:
+            study.pruner = {"name": options["pruner"]}
+        if "n_trials" in options:
+            study.n_trials = _int(options["n_trials"], "n_trials", 1)
+            if study.sampler == "grid" and study.n_trials > len(study.grid()):
+                raise ConfigError(f"n_trials={study.n_trials}: the grid of {study.path} has {len(study.grid())} points")
+        specs.check_pruner(study)
+        workers = _int(options.get("workers", "1"), "workers", 1)
+        resume = _flag(options.get("resume", "false"), "resume")
+        conf = validate(compose(study.base))
+        uri = resolve_uri(conf.tracking.uri)
+        if not conf.tracking.enabled:
+            raise ConfigError("tracking=none: a sweep records every trial as an MLflow run; drop tracking=none")
+        check_reachable(uri)
+        storage = options.get("storage", stores.DEFAULT_JOURNAL)
+        study_name = options.get("study_name", study.name)
+        opt = cls._open_study(study, storage, study_name, resume)
+        sweep = cls(study, storage, study_name, workers, uri, conf.tracking.experiment, opt)
+        sweep.parent_run_id = sweep._parent()
+        return sweep
+
+    @staticmethod
+    def _open_study(study: Study, storage: str, study_name: str, resume: bool) -> optuna.Study:
+        from lesson5.sweep.samplers import make_pruner, make_sampler
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        backend = stores.open_storage(storage)
+        with stores.lock(storage, study_name):
+            try:
+                opt = optuna.create_study(study_name=study_name, storage=backend, direction=study.direction,
+                                          sampler=make_sampler(study), pruner=make_pruner(study))
+                opt.set_user_attr("sweep_file", str(study.path))
+                opt.set_user_attr("base", study.base)
+                return opt
+            except optuna.exceptions.DuplicatedStudyError:
+                opt = optuna.load_study(study_name=study_name, storage=backend, sampler=make_sampler(study),
+                                        pruner=make_pruner(study))
+            except Exception as e:  # noqa: BLE001 - the database went away between open and create
+                raise ConfigError(f"storage={storage}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        active = opt.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        if opt.trials and not active and not resume:
+            raise ConfigError(f"study {study_name!r} already has {len(opt.trials)} trials in {storage}: pass "
+                              f"resume=true to continue it, or study_name=... to start another")
+        if opt.direction.name.lower() != study.direction:
+            raise ConfigError(f"study {study_name!r} in {storage} {opt.direction.name.lower()}s, but {study.path} "
+                              f"says {study.direction}")
+        return opt
+
+    def _client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def _parent(self) -> str:
+        """The study's parent run: made by the first machine to get here, running again on a resume."""
+        client = self._client()
+        with stores.lock(self.storage, self.study_name):
+            run_id = self.opt.user_attrs.get(PARENT_ATTR)  # read from the storage: another machine may have set it
+            if run_id is not None:
+                client.update_run(run_id, status="RUNNING")
+                return run_id
+            exp = client.get_experiment_by_name(self.experiment)
+            exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+            s = self.study
+            run = client.create_run(exp_id, run_name=f"study {self.study_name}", tags={
+                "optuna.study": self.study_name, "sweep.file": s.name, "sweep.claim": s.claim[:5000],
+                "mlflow.note.content": f"Optuna study {self.study_name} ({s.path.name}): {s.claim}"})
+            from mlflow.entities import Param
+
+            params = {"sampler": s.sampler, "pruner": s.pruner["name"], "n_trials": s.n_trials, "objective":
+                      f"{s.direction} {s.metric}", "seeds": s.seeds, "base": " ".join(s.base) or "(none)",
+                      "storage": self.storage, **{f"space.{p.key}": p.choices or f"[{p.low}, {p.high}]"
+                                                  for p in s.space}}
+            client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+            self.opt.set_user_attr(PARENT_ATTR, run.info.run_id)
+            return run.info.run_id
+
+    def run(self) -> int:
+        """Start the workers, wait for them, then close the parent run if the study is complete."""
+        from lesson5.sweep import worker
+
+        print(f"study {self.study_name}: {self.study.n_trials} trials, {self.workers} worker(s) on "
+              f"{socket.gethostname()}, storage {self.storage}; MLflow parent run {self.parent_run_id} in "
+              f"{self.tracking_uri}", file=sys.stderr)
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=worker.main, name=f"lesson5-sweep-worker-{i}",
+                             args=(self.study, self.storage, self.study_name, self.parent_run_id, self.tracking_uri))
+                 for i in range(self.workers)]
+        start = time.perf_counter()
+        interrupted = False
+        for p in procs:
+            p.start()
+        try:
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:  # the workers got Ctrl-C too: let them close their runs and trials
+            interrupted = True
+            for p in procs:
+                p.join()
+        wall = time.perf_counter() - start
+        return self._finish(wall, interrupted or any(p.exitcode == 130 for p in procs),
+                            [p.exitcode for p in procs if p.exitcode not in (0, 130)])
+
+    def _finish(self, wall: float, interrupted: bool, crashed: list) -> int:
+        from lesson5.sweep import report
+        from lesson5.sweep.worker import too_many_failures
+
+        trials = self.opt.get_trials(deepcopy=False)
+        counted = [t for t in trials if stores.counts(t)]
+        active = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                                   TrialState.FAIL)}
+        print(f"study {self.study_name}: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} "
+              f"pruned, {states[TrialState.FAIL]} failed, in {wall:.1f} s", file=sys.stderr)
+        client = self._client()
+        failing = too_many_failures(self.study, self.opt)
+        if interrupted or crashed:
+            why = "interrupted" if interrupted else f"worker exit codes {crashed}"
+            client.set_tag(self.parent_run_id, "stop_reason", f"{why}; resume=true continues the study")
+            client.set_terminated(self.parent_run_id, "KILLED")
+            print(f"{why}: the study and its runs are consistent; run again with resume=true to continue",
+                  file=sys.stderr)
+            return 130 if interrupted else 1
+        if failing:
+            fail_run(client, self.parent_run_id, f"more than {self.study.max_fail_rate:.0%} of the trials failed")
+            print(f"error: more than {self.study.max_fail_rate:.0%} of the trials failed; see their stop_reason "
+                  f"tags in MLflow", file=sys.stderr)
+            return 1
+        if len(counted) < self.study.n_trials or active:
+            print("other workers still run trials of this study; the last to finish closes its parent run",
+                  file=sys.stderr)
+            return 0
+        result = report.write(self.opt, self.study, client=client, parent_run_id=self.parent_run_id)
+        client.log_metric(self.parent_run_id, "sweep_wall_seconds", wall)
+        client.set_terminated(self.parent_run_id, "FINISHED")
+        print(f"{result.verdict.result}: {result.verdict.summary}\nreport: {result.markdown_path}")
+        return 0

@@ -1,0 +1,183 @@
+"""A study file (`sweeps/<name>.yaml`): what a sweep varies, what it optimizes, and the claim it judges.
+
+    claim: the lesson's sentence the study re-tests
+    rule: {kind: best, param: model.n_factors, value: 40, tolerance: 0.002}     # see lesson5.sweep.verdict
+    base: [data.split=random]                       # Hydra overrides for every trial
+    space:                                          # Hydra override keys
+      model.n_factors: {choices: [10, 20, 40, 80]}  # categorical
+      optim.wd: {low: 1e-3, high: 1.0, log: true}   # float (int: true for integers; step: for a grid)
+    seeds: [0, 1, 2]                                # trainer.seed values, each point is run at each
+    objective: {metric: valid_rmse, direction: minimize}
+    sampler: grid                                   # grid | tpe | random
+    pruner: none                                    # none | median | hyperband, or {name: median, ...}
+    n_trials: null                                  # grid: every point at every seed
+    max_fail_rate: 0.5                              # the sweep stops when more trials than this fail
+
+`load` checks all of it, composing one trial's config, before any trial runs; a problem names the file and key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from lesson5.errors import ConfigError
+
+SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
+SAMPLERS = ("grid", "tpe", "random")
+PRUNERS = ("none", "median", "hyperband")
+RULES = ("best", "better")
+
+
+@dataclass
+class Param:
+    key: str  # a Hydra override key
+    choices: Optional[list] = None  # categorical; else a numeric range
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    integer: bool = False
+
+    def override(self, value: Any) -> str:
+        """The Hydra override that sets this key to `value`."""
+        return f"{self.key}={value}"
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    claim: str
+    rule: dict
+    space: list[Param]
+    base: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [42])
+    metric: str = "valid_rmse"
+    direction: str = "minimize"
+    sampler: str = "tpe"
+    pruner: dict = field(default_factory=lambda: {"name": "none"})
+    n_trials: int = 0
+    max_fail_rate: float = 0.5
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every point of a grid study, each at each seed: the trials' parameters, in order."""
+        names = [p.key for p in self.space]
+        return [{**dict(zip(names, values)), "trainer.seed": seed}
+                for values in itertools.product(*(p.choices for p in self.space)) for seed in self.seeds]
+
+
+def resolve(name_or_path: str) -> Path:
+    """A study's file: a path as given, else `sweeps/<name>.yaml` of this project (from any folder)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"study file {path} does not exist")
+        return path.resolve()
+    own = SWEEPS / f"{name_or_path}.yaml"
+    if not own.is_file():
+        known = ", ".join(sorted(p.stem for p in SWEEPS.glob("*.yaml")))
+        raise ConfigError(f"no study {name_or_path!r}: pass a study file, or one of {known}")
+    return own
+
+
+def _param(path: Path, key: str, raw: Any) -> Param:
+    where = f"{path}: space.{key}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected {{choices: [...]}} or {{low: .., high: ..}}, got {raw!r}")
+    unknown = set(raw) - {"choices", "low", "high", "log", "int"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; use choices, or low, high, log, int")
+    if "choices" in raw:
+        if not isinstance(raw["choices"], list) or not raw["choices"]:
+            raise ConfigError(f"{where}.choices: an empty or missing list; give at least one value")
+        # a list value (y_range) becomes its Hydra override text, which Optuna can store as a categorical choice
+        return Param(key, choices=[json.dumps(c, separators=(",", ":")) if isinstance(c, list) else c
+                                   for c in raw["choices"]])
+    try:
+        low, high = float(raw["low"]), float(raw["high"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{where}: a range needs numbers low and high") from None
+    if not low < high or (raw.get("log") and low <= 0):
+        raise ConfigError(f"{where}: empty range [{low}, {high}]" + (" (log needs low > 0)" if raw.get("log") else ""))
+    return Param(key, low=low, high=high, log=bool(raw.get("log")), integer=bool(raw.get("int")))
+
+
+def load(name_or_path: str, overrides: list[str] = ()) -> Study:
+    """Read and check a study file; `overrides` (from the command line) are added to its base."""
+    path = resolve(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} does not parse as YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of study fields")
+    known = {"claim", "rule", "base", "space", "seeds", "objective", "sampler", "pruner", "n_trials", "max_fail_rate"}
+    if set(raw) - known:
+        raise ConfigError(f"{path}: unknown field(s) {sorted(set(raw) - known)}; known: {sorted(known)}")
+    for key in ("claim", "rule", "space", "objective"):
+        if not raw.get(key):
+            raise ConfigError(f"{path}: `{key}` is missing")
+    space = [_param(path, k, v) for k, v in raw["space"].items()]
+    objective = raw["objective"]
+    pruner = raw.get("pruner", "none")
+    pruner = {"name": pruner} if isinstance(pruner, str) else dict(pruner)
+    study = Study(name=path.stem, path=path, claim=str(raw["claim"]).strip(), rule=dict(raw["rule"]), space=space,
+                  base=[*raw.get("base", []), *overrides], seeds=list(raw.get("seeds", [42])),
+                  metric=objective.get("metric", ""), direction=objective.get("direction", "minimize"),
+                  sampler=raw.get("sampler", "tpe"), pruner=pruner, max_fail_rate=float(raw.get("max_fail_rate", 0.5)))
+    _check(study, raw.get("n_trials"))
+    return study
+
+
+def check_pruner(study: Study) -> None:
+    if study.pruner.get("name") not in PRUNERS:
+        raise ConfigError(f"{study.path}: pruner: {study.pruner.get('name')!r} is not one of {', '.join(PRUNERS)}")
+
+
+def _check(study: Study, n_trials: Optional[int]) -> None:
+    """Everything about the study that can be wrong, before a trial runs: choices, the rule, and one trial's
+    config (so an unknown key, a bad value or an objective its model does not log is caught here)."""
+    from lesson5 import metrics, models
+    from lesson5.config import compose, validate
+
+    path = study.path
+    if study.sampler not in SAMPLERS:
+        raise ConfigError(f"{path}: sampler: {study.sampler!r} is not one of {SAMPLERS}")
+    check_pruner(study)
+    if study.direction not in ("minimize", "maximize"):
+        raise ConfigError(f"{path}: objective.direction: {study.direction!r} is not minimize or maximize")
+    if not study.seeds or len(study.seeds) != len(set(study.seeds)):
+        raise ConfigError(f"{path}: seeds: give distinct trainer.seed values")
+    if study.sampler == "grid":
+        ranges = [p.key for p in study.space if p.choices is None]
+        if ranges:
+            raise ConfigError(f"{path}: space.{ranges[0]}: a grid study needs choices, not a range")
+        study.n_trials = int(n_trials or len(study.grid()))
+        if study.n_trials > len(study.grid()):
+            raise ConfigError(f"{path}: n_trials={study.n_trials} is more than the grid's {len(study.grid())} points")
+    else:
+        if len(study.seeds) > 1:
+            raise ConfigError(f"{path}: seeds: a {study.sampler} study samples one point per trial, so it takes "
+                              f"one seed (repeat seeds with sampler: grid)")
+        study.n_trials = int(n_trials or 20)
+    if study.n_trials < 1:
+        raise ConfigError(f"{path}: n_trials must be >= 1")
+    first = [p.override(p.choices[0] if p.choices is not None else p.low) for p in study.space]
+    try:
+        conf = validate(compose([*study.base, *first, f"trainer.seed={study.seeds[0]}"]))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: a trial's config is invalid: {e}") from None
+    except Exception as e:  # noqa: BLE001 - Hydra's composition errors name the key
+        raise ConfigError(f"{path}: base or space names something Hydra cannot compose: {e}") from None
+    logged = metrics.NAMES[models.loss_name(conf.model.name)]
+    if study.metric not in logged:
+        raise ConfigError(f"{path}: objective.metric: {study.metric!r} is not logged by model "
+                          f"{conf.model.name}; it logs {', '.join(logged)}")
+    from lesson5.sweep.verdict import check_rule
+
+    check_rule(study)

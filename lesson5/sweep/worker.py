@@ -1,0 +1,128 @@
+"""A sweep worker: one process that runs trial after trial until the study has its n_trials.
+
+It keeps its imports, its data (read once, `lesson5.data.build` caches it per process) and one MLflow writer, so
+a trial costs little beyond its training. Each trial composes its config with `lesson5.compose` and calls the
+same `run(cfg)` as the command line, as a child of the study's parent run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import optuna
+from optuna.trial import TrialState
+
+from lesson5.learner import Callback
+from lesson5.sweep import storage as stores
+from lesson5.sweep.spec import Param, Study
+from lesson5.tracking import Tracker
+
+# Optuna's state for each way a trial's run can end (lesson5.outcome): the run's tag `optuna.state`.
+OPTUNA_STATE = {"finished": "COMPLETE", "pruned": "PRUNED"}
+
+
+class Pruning(Callback):
+    """Reports the objective after every epoch; raises optuna.TrialPruned when the pruner says so."""
+
+    order = 40
+
+    def __init__(self, trial: optuna.Trial, metric: str):
+        self.trial, self.metric = trial, metric
+
+    def after_epoch(self, learn) -> None:
+        value = learn.metrics[self.metric]
+        self.trial.report(value, learn.epoch)
+        self.trial.set_user_attr("epochs", learn.epoch + 1)  # what pruning saves is counted in epochs
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {learn.epoch + 1} of {learn.epochs}: "
+                                     f"{self.metric} {value:.4f}")
+
+
+def suggest(trial: optuna.Trial, p: Param):
+    if p.choices is not None:
+        return trial.suggest_categorical(p.key, p.choices)
+    if p.integer:
+        return trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
+    return trial.suggest_float(p.key, p.low, p.high, log=p.log)
+
+
+def objective(study: Study, tracker: Tracker, parent_run_id: str):
+    """The Optuna objective: one lesson5 run per trial, its metric the value."""
+    from lesson5 import compose
+    from lesson5.outcome import outcome
+    from lesson5.run import run
+
+    def trial_fn(trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", stores.HOST)
+        trial.set_user_attr("pid", os.getpid())
+        params = {p.key: suggest(trial, p) for p in study.space}
+        seed = trial.suggest_categorical("trainer.seed", study.seeds)
+        swept = [p.override(params[p.key]) for p in study.space] + [f"trainer.seed={seed}"]
+        overrides = [*study.base, *swept]
+        tags = {"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number), "sweep.file": study.name}
+        try:
+            result = run(compose([*overrides, "trainer.progress=false",
+                                  f"tracking.run_name='{study.name} trial {trial.number}'"]),
+                         overrides=swept, tracker=tracker, parent_run_id=parent_run_id, tags=tags,
+                         callbacks=[Pruning(trial, study.metric)],
+                         end_tags=lambda end: {"optuna.state": OPTUNA_STATE.get(end.outcome, "FAIL")})
+        except BaseException as e:
+            end = outcome(e)
+            trial.set_user_attr("outcome", end.outcome)
+            trial.set_user_attr("stop_reason", (end.reason or "")[:500])
+            raise
+        trial.set_user_attr("outcome", "finished")
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        trial.set_user_attr("train_seconds", result.metrics["train_seconds"])
+        return result.metrics[study.metric]
+
+    return trial_fn
+
+
+def _next(study: Study, opt: optuna.Study) -> dict | None:
+    """Under the claim lock: the params of the next trial to enqueue ({} for a sampler's own choice), or None
+    when n_trials count already. A grid study takes its first point that no counted trial covers."""
+    trials = [t for t in opt.get_trials(deepcopy=False) if stores.counts(t)]
+    if len(trials) >= study.n_trials:
+        return None
+    if study.sampler != "grid":
+        return {}
+    taken = {t.user_attrs.get("grid_point") for t in trials}
+    return next(({"params": point, "grid_point": i} for i, point in enumerate(study.grid()) if i not in taken), None)
+
+
+def too_many_failures(study: Study, opt: optuna.Study) -> bool:
+    done = [t for t in opt.get_trials(deepcopy=False) if t.state.is_finished() and stores.counts(t)]
+    failed = sum(t.state == TrialState.FAIL for t in done)
+    return len(done) >= 4 and failed / len(done) > study.max_fail_rate
+
+
+def main(study: Study, storage: str, study_name: str, parent_run_id: str, tracking_uri: str) -> None:
+    """A worker process: claim, run and tell trials until the study is full, interrupted or failing."""
+    from lesson5.sweep.samplers import make_pruner, make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    opt = optuna.load_study(study_name=study_name, storage=stores.open_storage(storage),
+                            sampler=make_sampler(study), pruner=make_pruner(study))
+    tracker = Tracker(tracking_uri)
+    code = 0
+    try:
+        while not too_many_failures(study, opt):
+            with stores.lock(storage, study_name):
+                stores.fail_lost_trials(opt)
+                claim = _next(study, opt)
+                if claim is None:
+                    break
+                if claim:
+                    opt.enqueue_trial(claim["params"], user_attrs={"grid_point": claim["grid_point"]})
+                else:
+                    opt.enqueue_trial({})
+            # a diverged or failing trial ends FAIL and the sweep goes on; Ctrl-C stops this worker
+            opt.optimize(objective(study, tracker, parent_run_id), n_trials=1, catch=(Exception,),
+                         gc_after_trial=False)
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        tracker.close()
+    sys.exit(code)
