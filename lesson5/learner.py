@@ -25,6 +25,10 @@ CHECK_EVERY = 64  # steps between finiteness checks of the loss (each check sync
 EVENTS = ("before_fit", "before_epoch", "before_batch", "after_step", "after_epoch", "after_fit")
 
 
+class CancelFit(Exception):
+    """Raised by a callback to end a fit early by design (the lr finder once the loss explodes): `fit` returns."""
+
+
 class Callback:
     """Hooks called by Learner.fit, in ascending `order`; each receives the learner and reads what it needs.
 
@@ -65,6 +69,10 @@ class Learner:
         self.train_seconds = 0.0  # over every fit
         self.diverge_factor = diverge_factor
         self.start_loss: Optional[float] = None  # the first step's loss, the yardstick for divergence
+
+    def add(self, cb: Callback) -> None:
+        """Add a callback, in its order."""
+        self.callbacks = sorted([*self.callbacks, cb], key=lambda c: c.order)
 
     def _hooks(self, event: str) -> list:
         """The callbacks' methods for an event, only those that override it (per step, each call counts)."""
@@ -133,6 +141,8 @@ class Learner:
                 self.train_seconds = done_before + time.perf_counter() - start
                 for hook in hooks["after_epoch"]:
                     hook(self)
+        except CancelFit:
+            pass
         finally:  # after_fit runs even when the fit raises, so callbacks can send or release what they hold
             self.train_seconds = done_before + time.perf_counter() - start
             for hook in hooks["after_fit"]:

@@ -77,25 +77,35 @@ def peak_memory() -> dict[str, float]:
     return out
 
 
-def fit_fold(conf: Config, data: datasets.Data, fold: datasets.Fold, device: torch.device,
-             callbacks: Sequence[Callback], tracker: Optional[Tracker] = None, rid: Optional[int] = None) -> Learner:
-    """Build a fresh model and optimizer for one fold and train it, tracked into run `rid` when given."""
+def learner(conf: Config, data: datasets.Data, fold: datasets.Fold, device: torch.device,
+            callbacks: Sequence[Callback], schedule: bool = True) -> Learner:
+    """A fresh model and optimizer for one fold, in a Learner with the schedule (unless `schedule` is False: a
+    callback of the caller's sets the lr) and a Recorder (`learn.recorder`)."""
     seed_everything(conf.trainer.seed)
     model = models.build(conf.model, data).to(device)
     groups = model.layer_groups()
     opt = optim.build(conf.optim, groups, [conf.optim.lr] * len(groups))
     mom_key = optim.momentum_key(conf.optim)
     recorder = Recorder(mom_key)
-    cbs = [ParamScheduler(conf.schedule, mom_key), recorder, *callbacks]
-    if conf.trainer.progress:
-        cbs.append(ProgressBar(label=f"{fold.name} " if len(data.folds) > 1 else ""))
-    if rid is not None:
-        cbs.append(TrackMetrics(tracker, rid, recorder, conf.tracking.log_every_n_steps, conf.tracking.flush_every))
+    cbs = [recorder, *callbacks] + ([ParamScheduler(conf.schedule, mom_key)] if schedule else [])
     bs = conf.trainer.bs
     learn = Learner(model, datasets.batches(fold.train, bs, device, train=True),
                     datasets.batches(fold.valid, bs, device, train=False), opt=opt, seed=conf.trainer.seed,
                     loss_fn=losses.build(model.loss, conf.loss.impl), callbacks=cbs,
                     diverge_factor=conf.trainer.diverge_factor)
+    learn.recorder = recorder
+    return learn
+
+
+def fit_fold(conf: Config, data: datasets.Data, fold: datasets.Fold, device: torch.device,
+             callbacks: Sequence[Callback], tracker: Optional[Tracker] = None, rid: Optional[int] = None) -> Learner:
+    """Build a fresh model and optimizer for one fold and train it, tracked into run `rid` when given."""
+    cbs = list(callbacks)
+    if conf.trainer.progress:
+        cbs.append(ProgressBar(label=f"{fold.name} " if len(data.folds) > 1 else ""))
+    learn = learner(conf, data, fold, device, cbs)
+    if rid is not None:  # added after: it needs the learner's recorder
+        learn.add(TrackMetrics(tracker, rid, learn.recorder, conf.tracking.log_every_n_steps, conf.tracking.flush_every))
     learn.fit(conf.trainer.epochs)
     return learn
 

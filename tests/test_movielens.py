@@ -69,3 +69,14 @@ def test_pypi_mirror_gives_the_real_movielens_100k(tmp_path):
     assert ratings.iloc[0].tolist() == [196, 242, 3, 881250949]  # u.data's first line
     data = movielens.build(conf)
     assert data.sizes["n_users"] == 944 and len(data.folds[0].valid[1]) == 10_000
+
+
+def test_validation_carved_from_the_training_rows_never_touches_the_test_rows():
+    from lesson5.config import Split
+    from lesson5.data.movielens import FOLD_ROWS, split_indices
+
+    n = 5 * FOLD_ROWS
+    ((name, train, valid),) = split_indices(n, Split.u1, 0.1, 42, valid_from_train=True)
+    test = set(range(FOLD_ROWS))  # u1.test: the first 20,000 lines
+    assert name == "u1-train" and not (set(train) | set(valid)) & test
+    assert len(valid) == round(0.1 * 4 * FOLD_ROWS) and not set(train) & set(valid)

@@ -90,8 +90,22 @@ def read(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return ratings, items
 
 
-def split_indices(n: int, split: Split, valid_pct: float, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, train rows, valid rows) for each fold of the split; u{i} follow GroupLens' mku.sh."""
+def split_indices(n: int, split: Split, valid_pct: float, seed: int,
+                  valid_from_train: bool = False) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, train rows, valid rows) for each fold of the split; u{i} follow GroupLens' mku.sh. With
+    `valid_from_train`, each fold validates on a seeded valid_pct of its own training rows instead."""
+    folds = _split(n, split, valid_pct, seed)
+    if not valid_from_train:
+        return folds
+    out = []
+    for name, train, _ in folds:
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).numpy()
+        n_valid = int(round(valid_pct * len(train)))
+        out.append((f"{name}-train", np.sort(train[perm[n_valid:]]), np.sort(train[perm[:n_valid]])))
+    return out
+
+
+def _split(n: int, split: Split, valid_pct: float, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     rows = np.arange(n)
     if split is Split.random:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
@@ -121,7 +135,7 @@ def build(conf: MovieLensConf) -> Data:
     x = torch.from_numpy(np.stack([user_idx + 1, item_idx + 1], axis=1).astype(np.int64))
     y = torch.from_numpy(ratings.rating.to_numpy(np.float32))
     folds = [Fold(name, (x[tr], y[tr]), (x[va], y[va]))
-             for name, tr, va in split_indices(len(y), conf.split, conf.valid_pct, conf.seed)]
+             for name, tr, va in split_indices(len(y), conf.split, conf.valid_pct, conf.seed, conf.valid_from_train)]
     return Data(
         folds=folds,
         sizes={"n_users": len(users) + 1, "n_items": len(item_names) + 1},

@@ -192,6 +192,14 @@ class Sweep:
             print("other workers still run trials of this study; the last to finish closes its parent run",
                   file=sys.stderr)
             return 0
+        if self.study.final is not None and "final.base" not in self.opt.user_attrs:
+            from lesson5.sweep import worker
+
+            print(f"scoring the best recipe and the base with {' '.join(self.study.final)}", file=sys.stderr)
+            final = mp.get_context("spawn").Process(target=worker.score_final, args=(
+                self.study, self.storage, self.study_name, self.parent_run_id, self.tracking_uri))
+            final.start()
+            final.join()
         result = report.write(self.opt, self.study, client=client, parent_run_id=self.parent_run_id)
         client.log_metric(self.parent_run_id, "sweep_wall_seconds", wall)
         client.set_terminated(self.parent_run_id, "FINISHED")

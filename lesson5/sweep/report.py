@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lesson5.sweep.spec import Study
-from lesson5.sweep.verdict import Verdict, judge
+from lesson5.sweep.verdict import Verdict, judge, judge_final
 
 RESULTS = Path("sweeps") / "results"  # under the folder the command runs in, beside mlflow.db
 
@@ -77,7 +77,12 @@ def importances(opt: optuna.Study) -> dict[str, float]:
 
 def build(opt: optuna.Study, study: Study) -> Report:
     trials = completed(opt)
-    verdict = judge(study.rule, trials, study.direction == "maximize")
+    maximize = study.direction == "maximize"
+    final = {k: opt.user_attrs.get(f"final.{k}", {}) for k in ("best", "base")}
+    if study.rule["kind"] == "final":
+        verdict = judge_final(study.rule, final["best"].get("folds", {}), final["base"].get("folds", {}), maximize)
+    else:
+        verdict = judge(study.rule, trials, maximize)
     all_trials = opt.get_trials(deepcopy=False)
     count = {s.name: sum(t.state == s for t in all_trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
                                                                        TrialState.FAIL)}
@@ -88,13 +93,22 @@ def build(opt: optuna.Study, study: Study) -> Report:
              f"Objective: {study.direction} `{study.metric}`. Sampler {study.sampler}, pruner "
              f"{study.pruner['name']}, seeds {study.seeds}. Base overrides: `{' '.join(study.base) or '(none)'}`.",
              f"Trials: {count['COMPLETE']} complete, {count['PRUNED']} pruned, {count['FAIL']} failed"
-             + (f"; {sum(epochs)} epochs trained" if epochs else "") + ".", "",
-             f"## `{study.metric}` by `{study.rule['param']}` (each value at its best setting of the others)", "",
-             "| value | mean | std | seeds | at |", "|---|---:|---:|---:|---|"]
-    sign = -1 if study.direction == "maximize" else 1
-    for v, s in sorted(verdict.scores.items(), key=lambda kv: sign * kv[1].mean):
-        at = ", ".join(f"{k}={x}" for k, x in s.setting.items()) or "-"
-        lines.append(f"| {v} | {s.mean:.4f} | {s.std:.4f} | {s.n} | {at} |")
+             + (f"; {sum(epochs)} epochs trained" if epochs else "") + ".", ""]
+    sign = -1 if maximize else 1
+    if study.rule["kind"] == "final":
+        folds = sorted(set(final["best"].get("folds", {})) | set(final["base"].get("folds", {})))
+        lines += [f"## Final scoring with `{' '.join(study.final)}`", "",
+                  f"| recipe | overrides | {' | '.join(folds)} |", "|---|---|" + "---:|" * len(folds)]
+        for label in ("best", "base"):
+            scored = final[label].get("folds", {})
+            lines.append(f"| {label} | `{' '.join(final[label].get('overrides', [])) or '(the base)'}` | "
+                         + " | ".join(f"{scored[f]:.4f}" if f in scored else "" for f in folds) + " |")
+    else:
+        lines += [f"## `{study.metric}` by `{study.rule['param']}` (each value at its best setting of the others)",
+                  "", "| value | mean | std | seeds | at |", "|---|---:|---:|---:|---|"]
+        for v, s in sorted(verdict.scores.items(), key=lambda kv: sign * kv[1].mean):
+            at = ", ".join(f"{k}={x}" for k, x in s.setting.items()) or "-"
+            lines.append(f"| {v} | {s.mean:.4f} | {s.std:.4f} | {s.n} | {at} |")
     best = sorted(opt.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: sign * t.value)[:5]
     lines += ["", "## Best trials", "", f"| trial | {study.metric} | params |", "|---:|---:|---|"]
     lines += [f"| {t.number} | {t.value:.4f} | {', '.join(f'{k}={v}' for k, v in t.params.items())} |" for t in best]

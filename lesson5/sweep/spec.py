@@ -12,6 +12,8 @@
     pruner: none                                    # none | median | hyperband, or {name: median, ...}
     n_trials: null                                  # grid: every point at every seed
     max_fail_rate: 0.5                              # the sweep stops when more trials than this fail
+    final: {overrides: [data.split=cv]}             # optional: score the best recipe, and the base alone, once
+                                                    # more with these overrides (the test folds), for rule final
 
 `load` checks all of it, composing one trial's config, before any trial runs; a problem names the file and key.
 """
@@ -43,6 +45,10 @@ class Param:
     log: bool = False
     integer: bool = False
 
+    def example(self) -> Any:
+        """A value from the space, for checking that a trial's config composes."""
+        return self.choices[0] if self.choices is not None else int(self.low) if self.integer else self.low
+
     def override(self, value: Any) -> str:
         """The Hydra override that sets this key to `value`."""
         return f"{self.key}={value}"
@@ -63,6 +69,7 @@ class Study:
     pruner: dict = field(default_factory=lambda: {"name": "none"})
     n_trials: int = 0
     max_fail_rate: float = 0.5
+    final: Optional[list[str]] = None  # overrides for scoring the best recipe and the base once the study is done
 
     def grid(self) -> list[dict[str, Any]]:
         """Every point of a grid study, each at each seed: the trials' parameters, in order."""
@@ -116,7 +123,8 @@ def load(name_or_path: str, overrides: list[str] = ()) -> Study:
         raise ConfigError(f"{path} does not parse as YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of study fields")
-    known = {"claim", "rule", "base", "space", "seeds", "objective", "sampler", "pruner", "n_trials", "max_fail_rate"}
+    known = {"claim", "rule", "base", "space", "seeds", "objective", "sampler", "pruner", "n_trials", "max_fail_rate",
+             "final"}
     if set(raw) - known:
         raise ConfigError(f"{path}: unknown field(s) {sorted(set(raw) - known)}; known: {sorted(known)}")
     for key in ("claim", "rule", "space", "objective"):
@@ -129,7 +137,8 @@ def load(name_or_path: str, overrides: list[str] = ()) -> Study:
     study = Study(name=path.stem, path=path, claim=str(raw["claim"]).strip(), rule=dict(raw["rule"]), space=space,
                   base=[*raw.get("base", []), *overrides], seeds=list(raw.get("seeds", [42])),
                   metric=objective.get("metric", ""), direction=objective.get("direction", "minimize"),
-                  sampler=raw.get("sampler", "tpe"), pruner=pruner, max_fail_rate=float(raw.get("max_fail_rate", 0.5)))
+                  sampler=raw.get("sampler", "tpe"), pruner=pruner, max_fail_rate=float(raw.get("max_fail_rate", 0.5)),
+                  final=list(raw["final"]["overrides"]) if raw.get("final") else None)
     _check(study, raw.get("n_trials"))
     return study
 
@@ -167,7 +176,7 @@ def _check(study: Study, n_trials: Optional[int]) -> None:
         study.n_trials = int(n_trials or 20)
     if study.n_trials < 1:
         raise ConfigError(f"{path}: n_trials must be >= 1")
-    first = [p.override(p.choices[0] if p.choices is not None else p.low) for p in study.space]
+    first = [p.override(p.example()) for p in study.space]
     try:
         conf = validate(compose([*study.base, *first, f"trainer.seed={study.seeds[0]}"]))
     except ConfigError as e:
@@ -178,6 +187,11 @@ def _check(study: Study, n_trials: Optional[int]) -> None:
     if study.metric not in logged:
         raise ConfigError(f"{path}: objective.metric: {study.metric!r} is not logged by model "
                           f"{conf.model.name}; it logs {', '.join(logged)}")
+    if study.final is not None:
+        try:
+            validate(compose([*study.base, *first, *study.final]))
+        except Exception as e:  # noqa: BLE001 - ConfigError or Hydra's composition errors
+            raise ConfigError(f"{path}: final.overrides do not compose with the base: {e}") from None
     from lesson5.sweep.verdict import check_rule
 
     check_rule(study)

@@ -11,6 +11,12 @@ standard error of that mean. Two scores differ when their gap exceeds the margin
             reproduced if V beats W by more than the margin; not reproduced if W beats V by more; else inconclusive
 
 Either is inconclusive when a value it names has no completed trial, or fewer than two seeds at its setting.
+
+    final:  {kind: final, tolerance: T}
+            the claim is that the base recipe is as good as the study's best: after the study, both are scored
+            once more on the study file's `final` overrides (the test folds). Not reproduced if the best beats
+            the base by more than the margin (T, or twice the standard error of the per-fold differences);
+            reproduced otherwise; inconclusive before that scoring has run.
 """
 
 from __future__ import annotations
@@ -48,8 +54,12 @@ def check_rule(study) -> None:
     """The rule names a swept parameter and values among its choices."""
     rule, path = study.rule, study.path
     keys = {p.key: p for p in study.space}
-    if rule.get("kind") not in ("best", "better"):
-        raise ConfigError(f"{path}: rule.kind: {rule.get('kind')!r} is not best or better")
+    if rule.get("kind") not in ("best", "better", "final"):
+        raise ConfigError(f"{path}: rule.kind: {rule.get('kind')!r} is not best, better or final")
+    if rule["kind"] == "final":
+        if study.final is None:
+            raise ConfigError(f"{path}: rule.kind: final needs a `final: {{overrides: [...]}}` section")
+        return
     param = keys.get(rule.get("param"))
     if param is None:
         raise ConfigError(f"{path}: rule.param: {rule.get('param')!r} is not a key of space ({', '.join(keys)})")
@@ -105,3 +115,19 @@ def judge(rule: dict, trials: list[tuple[dict[str, Any], float]], maximize: bool
     result = REPRODUCED if gap > m else NOT_REPRODUCED if gap < -m else INCONCLUSIVE
     return Verdict(result, f"{_fmt(claim, sc[claim])} against {_fmt(than, sc[than])}; {claim} better by {gap:.4f}, "
                            f"margin {m:.4f}", sc)
+
+
+def judge_final(rule: dict, best: dict[str, float], base: dict[str, float], maximize: bool) -> Verdict:
+    """The `final` rule from per-fold scores of the study's best recipe and of the base recipe, paired by fold."""
+    folds = sorted(set(best) & set(base))
+    if len(folds) < 2:
+        return Verdict(INCONCLUSIVE, "the best recipe and the base have not both been scored on two or more folds", {})
+    sign = -1.0 if maximize else 1.0
+    diffs = [sign * (base[f] - best[f]) for f in folds]  # > 0: the tuned recipe is better on that fold
+    gain = statistics.fmean(diffs)
+    m = max(float(rule.get("tolerance", 0.0)), 2 * statistics.stdev(diffs) / math.sqrt(len(diffs)))
+    sc = {name: Score(statistics.fmean(v[f] for f in folds), statistics.stdev(v[f] for f in folds), len(folds), {})
+          for name, v in (("best", best), ("base", base))}
+    line = (f"over {len(folds)} folds, the best recipe {sc['best'].mean:.4f} +- {sc['best'].std:.4f}, the base "
+            f"{sc['base'].mean:.4f} +- {sc['base'].std:.4f}; the best is better by {gain:.4f}, margin {m:.4f}")
+    return Verdict(NOT_REPRODUCED if gain > m else REPRODUCED, line, sc)

@@ -126,3 +126,25 @@ def main(study: Study, storage: str, study_name: str, parent_run_id: str, tracki
     finally:
         tracker.close()
     sys.exit(code)
+
+
+def score_final(study: Study, storage: str, study_name: str, parent_run_id: str, tracking_uri: str) -> None:
+    """A process that scores the study's best recipe and the base recipe once each with the study file's `final`
+    overrides (the test folds), as children of the parent; per-fold scores go to the study's user attributes."""
+    from lesson5 import compose
+    from lesson5.run import run
+
+    opt = optuna.load_study(study_name=study_name, storage=stores.open_storage(storage))
+    best = {k: v for k, v in opt.best_trial.params.items() if k != "trainer.seed"}  # the base's seed for both
+    swept = [p.override(best[p.key]) for p in study.space if p.key in best]
+    tracker = Tracker(tracking_uri)
+    try:
+        for label, overrides in (("best", swept), ("base", [])):
+            result = run(compose([*study.base, *overrides, *study.final, "trainer.progress=false",
+                                  f"tracking.run_name='{study.name} final {label}'"]),
+                         overrides=[*overrides, *study.final], tracker=tracker, parent_run_id=parent_run_id,
+                         tags={"optuna.study": study_name, "sweep.final": label})
+            folds = {name: m[study.metric] for name, m in result.folds.items()}
+            opt.set_user_attr(f"final.{label}", {"overrides": overrides, "folds": folds, "run_id": result.run_id})
+    finally:
+        tracker.close()

@@ -1,0 +1,150 @@
+"""`python -m lesson5.lr_find [overrides]`: fastai's learning-rate finder (Smith, "Cyclical Learning Rates",
+arXiv:1506.01186), for any lesson5 config.
+
+Over one pass of the training data the lr grows exponentially from `start_lr` to `end_lr`, one step at a time;
+the pass stops once the smoothed loss exceeds 4x its minimum. It plots the loss against the lr, suggests the lr
+where the smoothed loss falls fastest (fastai v1's suggestion), and logs both to an MLflow run. The model is
+thrown away: nothing but the run is kept.
+
+Options (key=value, before any overrides): start_lr (1e-7), end_lr (10).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from lesson5.learner import Callback, CancelFit
+
+SMOOTH = 0.98  # fastai's exponential smoothing of the loss
+STOP_FACTOR = 4.0
+
+
+class LRFinder(Callback):
+    """Sets lr = start * (end/start)**(i/n) before step i of n; records the smoothed loss; stops on explosion."""
+
+    order = 10  # where the schedule would be
+
+    def __init__(self, start_lr: float = 1e-7, end_lr: float = 10.0):
+        self.start_lr, self.end_lr = start_lr, end_lr
+        self.lrs: list[float] = []
+        self.losses: list[float] = []  # smoothed, bias-corrected as fastai's
+        self._avg = 0.0
+
+    def before_fit(self, learn) -> None:
+        self.n = max(learn.total_steps - 1, 1)
+
+    def before_batch(self, learn) -> None:
+        lr = self.start_lr * (self.end_lr / self.start_lr) ** (learn.fit_step / self.n)
+        for g in learn.opt.param_groups:
+            g["lr"] = lr
+
+    def after_step(self, learn) -> None:
+        loss = learn.loss.item()
+        self._avg = SMOOTH * self._avg + (1 - SMOOTH) * loss
+        smoothed = self._avg / (1 - SMOOTH ** learn.fit_step)
+        self.lrs.append(learn.opt.param_groups[-1]["lr"])
+        self.losses.append(smoothed)
+        if not math.isfinite(smoothed) or smoothed > STOP_FACTOR * min(self.losses):
+            raise CancelFit
+
+    def suggestion(self) -> float:
+        """The lr where the smoothed loss falls fastest against log(lr), before its minimum. Slopes are taken over
+        a window of 2% of the steps, after the first 10 (fastai's skip_start): step-to-step noise would win."""
+        lrs, losses = self.lrs, self.losses
+        lowest = min(range(len(losses)), key=losses.__getitem__)
+        w = max(1, len(losses) // 50)
+        starts = range(min(10, lowest // 2), max(lowest - w, 1))
+        if not starts:
+            return lrs[lowest]
+        slope = {i: (losses[i + w] - losses[i]) / math.log(lrs[i + w] / lrs[i]) for i in starts}
+        return lrs[min(slope, key=slope.__getitem__) + w // 2]
+
+
+def plot(finder: LRFinder, suggested: float) -> bytes:
+    from lesson5 import plots
+
+    fig, ax = plots.plt.subplots(figsize=(7, 4))
+    ax.plot(finder.lrs, finder.losses)
+    ax.axvline(suggested, color="tab:red", ls="--", label=f"suggested {suggested:.2e}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="train loss (smoothed)", title="LR finder")
+    ax.legend()
+    plots._margins(fig)
+    return plots.png(fig)
+
+
+def find(overrides: list[str], start_lr: float = 1e-7, end_lr: float = 10.0):
+    """Run the finder on the config these overrides compose; returns (finder, suggested lr, MLflow run id)."""
+    import torch
+
+    from lesson5 import compose
+    from lesson5 import data as datasets
+    from lesson5.config import flatten, validate
+    from lesson5.run import learner, pick_device
+    from lesson5.tracking import Tracker
+
+    cfg = compose(overrides)
+    conf = validate(cfg)
+    if not 0 < start_lr < end_lr:
+        from lesson5.errors import ConfigError
+
+        raise ConfigError(f"start_lr={start_lr}, end_lr={end_lr}: expected 0 < start_lr < end_lr")
+    tracker = Tracker(conf.tracking.uri) if conf.tracking.enabled else None
+    try:
+        device = pick_device(conf.trainer.device)
+        torch.set_num_threads(conf.trainer.threads or torch.get_num_threads())
+        data = datasets.build(conf.data)
+        finder = LRFinder(start_lr, end_lr)
+        learn = learner(conf, data, data.folds[0], device, [finder], schedule=False)
+        learn.diverge_factor = 0.0  # the finder stops the pass itself when the loss explodes
+        rid = None
+        if tracker is not None:
+            rid = tracker.start_run(experiment=conf.tracking.experiment,
+                                    name=conf.tracking.run_name or f"lr_find {conf.model.name}",
+                                    params=flatten(cfg), tags={"lesson5.kind": "lr_find", "model": conf.model.name})
+        try:
+            learn.fit(1)
+        except BaseException as e:
+            if rid is not None:
+                from lesson5.outcome import outcome
+
+                end = outcome(e)
+                tracker.end_run(rid, end.status, {"outcome": end.outcome, "stop_reason": end.reason or ""})
+            raise
+        suggested = finder.suggestion()
+        run_id = None
+        if rid is not None:
+            tracker.log_metrics(rid, [("lr_find_lr", lr, i) for i, lr in enumerate(finder.lrs, 1)]
+                                + [("lr_find_loss", v, i) for i, v in enumerate(finder.losses, 1)]
+                                + [("suggested_lr", suggested, 0)])
+            tracker.log_files(rid, {"plots/lr_find.png": plot(finder, suggested)})
+            tracker.end_run(rid, "FINISHED", {"outcome": "finished", "suggested_lr": f"{suggested:.3g}"})
+            run_id = tracker.run_info(rid).run_id
+        return finder, suggested, run_id
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def main(argv: list[str]) -> int:
+    from lesson5.errors import Lesson5Error
+
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    opts = {k: float(a.split("=", 1)[1]) for a in argv for k in ("start_lr", "end_lr") if a.startswith(k + "=")}
+    overrides = [a for a in argv if a.split("=", 1)[0] not in opts]
+    try:
+        finder, suggested, run_id = find(["trainer.progress=false", *overrides], **opts)
+    except Lesson5Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"lr finder: {len(finder.lrs)} steps from {finder.lrs[0]:.1e} to {finder.lrs[-1]:.1e}; "
+          f"lowest smoothed loss {min(finder.losses):.4f}; suggested lr {suggested:.2e}")
+    if run_id:
+        print(f"MLflow run {run_id}: plots/lr_find.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

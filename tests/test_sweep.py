@@ -1,0 +1,195 @@
+"""Sweeps: study files checked before any trial, verdicts from trials, and whole sweeps on tiny data."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from lesson5 import metrics
+from lesson5.errors import ConfigError
+from lesson5.sweep import spec
+from lesson5.sweep.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, judge
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = {"claim": "n_factors=4 works best", "rule": {"kind": "best", "param": "model.n_factors", "value": 4},
+         "space": {"model.n_factors": {"choices": [2, 4]}}, "seeds": [0, 1],
+         "objective": {"metric": "valid_rmse", "direction": "minimize"}, "sampler": "grid", "pruner": "none"}
+
+
+def write_study(folder: Path, name="tiny", **changes) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, **changes}))
+    return path
+
+
+def test_every_study_in_sweeps_loads():
+    names = sorted(p.stem for p in spec.SWEEPS.glob("*.yaml"))
+    assert {"n_factors", "wd", "y_range", "momentum", "schedule"} <= set(names)
+    for name in names:
+        study = spec.load(name)
+        assert study.n_trials >= 1 and study.claim and study.rule
+
+
+@pytest.mark.parametrize("changes, where", [
+    ({"space": {"model.n_factorz": {"choices": [2, 4]}}}, "n_factorz"),
+    ({"space": {"model.n_factors": {"choices": []}}}, "space.model.n_factors.choices"),
+    ({"space": {"optim.wd": {"low": 0.5, "high": 0.1}}, "sampler": "tpe", "seeds": [0],
+      "rule": {"kind": "best", "param": "optim.wd", "value": 0.1}}, "space.optim.wd: empty range"),
+    ({"objective": {"metric": "valid_accuracy", "direction": "minimize"}}, "objective.metric"),
+    ({"rule": {"kind": "best", "param": "optim.lr", "value": 4}}, "rule.param"),
+    ({"rule": {"kind": "best", "param": "model.n_factors", "value": 8}}, "rule.value"),
+    ({"sampler": "annealing"}, "sampler"),
+    ({"n_trials": 9}, "n_trials=9"),
+], ids=["unknown key", "no choices", "empty range", "metric not logged", "rule param", "rule value", "sampler",
+        "too many trials"])
+def test_a_bad_study_file_is_refused_naming_the_file_and_key(tmp_path, changes, where):
+    path = write_study(tmp_path, **changes)
+    with pytest.raises(ConfigError) as err:
+        spec.load(str(path))
+    assert str(path) in str(err.value) and where in str(err.value)
+
+
+def test_a_study_file_that_does_not_parse_is_named(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("claim: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml does not parse"):
+        spec.load(str(path))
+
+
+def test_the_metric_names_are_what_the_metrics_report():
+    reg = metrics.METRICS["mse"](torch.zeros(3), torch.ones(3))
+    cls = metrics.METRICS["cross_entropy"](torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
+    assert set(metrics.NAMES["mse"]) == {"train_loss", *reg}
+    assert set(metrics.NAMES["cross_entropy"]) == {"train_loss", *cls}
+
+
+def _trials(values: dict, param="model.n_factors"):
+    return [({param: v, "trainer.seed": s}, x) for v, xs in values.items() for s, x in enumerate(xs)]
+
+
+def test_the_verdict_follows_the_trials():
+    rule = {"kind": "best", "param": "model.n_factors", "value": 40, "tolerance": 0.001}
+    assert judge(rule, _trials({40: [0.890, 0.891, 0.892], 80: [0.895, 0.896, 0.894]}), False).result == REPRODUCED
+    assert judge(rule, _trials({40: [0.900, 0.901, 0.902], 80: [0.890, 0.891, 0.889]}), False).result == NOT_REPRODUCED
+    # 80 is ahead by less than the seed noise: still within the margin of the best
+    noisy = judge(rule, _trials({40: [0.891, 0.899, 0.895], 80: [0.890, 0.897, 0.893]}), False)
+    assert noisy.result == REPRODUCED and "margin" in noisy.summary
+    assert judge(rule, _trials({40: [0.89], 80: [0.90, 0.91]}), False).result == INCONCLUSIVE  # one seed
+    better = {"kind": "better", "param": "schedule", "value": "one_cycle", "than": "constant", "tolerance": 0.001}
+    sched = lambda oc, c: _trials({"one_cycle": oc, "constant": c}, "schedule")  # noqa: E731
+    assert judge(better, sched([0.89, 0.89, 0.891], [0.90, 0.901, 0.90]), False).result == REPRODUCED
+    assert judge(better, sched([0.90, 0.901, 0.90], [0.89, 0.89, 0.891]), False).result == NOT_REPRODUCED
+    assert judge(better, sched([0.8900, 0.8902, 0.8904], [0.8901, 0.8903, 0.8905]), False).result == INCONCLUSIVE
+    # maximize: higher is better
+    acc = {"kind": "best", "param": "optim.momentum", "value": 0.9}
+    assert judge(acc, _trials({0.9: [0.88, 0.881], 0.5: [0.85, 0.851]}, "optim.momentum"), True).result == REPRODUCED
+
+
+def test_each_value_is_scored_at_its_best_setting_of_the_others():
+    rule = {"kind": "better", "param": "schedule", "value": "one_cycle", "than": "constant"}
+    trials = [({"schedule": s, "optim.lr": lr, "trainer.seed": seed}, x)
+              for s, lr, x0 in [("one_cycle", 0.01, 0.95), ("one_cycle", 0.005, 0.89), ("constant", 0.01, 0.92),
+                                ("constant", 0.005, 0.93)] for seed, x in enumerate([x0, x0 + 0.001])]
+    v = judge(rule, trials, False)
+    assert v.scores["one_cycle"].setting == {"optim.lr": 0.005} and v.scores["constant"].setting == {"optim.lr": 0.01}
+    assert v.result == REPRODUCED
+
+
+def sweep(tmp_path, study: Path, *args, timeout=600):
+    """`python -m lesson5.sweep` from tmp_path, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "lesson5.sweep", str(study), *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def runs_of(tmp_path, study_name):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    found = client.search_runs([client.get_experiment_by_name("lesson5").experiment_id])
+    parents = [r for r in found if r.data.tags.get("optuna.study") == study_name and "optuna.trial" not in r.data.tags]
+    children = [r for r in found if "optuna.trial" in r.data.tags]
+    return parents, children
+
+
+@pytest.fixture
+def data_args(movielens_dir):
+    return [f"data.path={movielens_dir}", "data.verify=false", "trainer.epochs=2"]
+
+
+@pytest.mark.slow
+def test_a_study_with_two_workers_on_a_journal(tmp_path, data_args):
+    done = sweep(tmp_path, write_study(tmp_path), "workers=2", *data_args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    opt = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "sweeps.journal"))))
+    assert sorted(t.state.name for t in opt.trials) == ["COMPLETE"] * 4
+    assert sorted((t.params["model.n_factors"], t.params["trainer.seed"]) for t in opt.trials) == [
+        (2, 0), (2, 1), (4, 0), (4, 1)]  # every grid point once
+    (parent,), children = runs_of(tmp_path, "tiny")
+    assert parent.info.status == "FINISHED" and parent.data.tags["verdict"] in (REPRODUCED, NOT_REPRODUCED)
+    assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == [0, 1, 2, 3]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id and c.data.tags["optuna.state"] == "COMPLETE"
+               and c.info.status == "FINISHED" for c in children)
+    assert (tmp_path / "sweeps" / "results" / "tiny.md").is_file()
+    again = sweep(tmp_path, write_study(tmp_path), *data_args)  # the study exists: resume=true, or a new name
+    assert again.returncode == 2 and "resume=true" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_fails_and_the_study_completes(tmp_path, data_args):
+    study = write_study(tmp_path, space={"optim.lr": {"choices": [0.01, 1.0e6]}}, seeds=[0],
+                        rule={"kind": "best", "param": "optim.lr", "value": 0.01}, base=["optim=sgd", "model.y_range=null"])
+    done = sweep(tmp_path, study, *data_args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (parent,), children = runs_of(tmp_path, "tiny")
+    states = {c.data.params["optim.lr"]: (c.info.status, c.data.tags["outcome"], c.data.tags["optuna.state"])
+              for c in children}
+    assert states == {"0.01": ("FINISHED", "finished", "COMPLETE"), "1000000.0": ("FAILED", "diverged", "FAIL")}
+    assert parent.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_pruning_prunes_and_a_pruned_run_is_not_failed(tmp_path, data_args):
+    study = write_study(tmp_path, space={"optim.lr": {"choices": [0.03, 1.0e-6, 1.0e-6]}}, seeds=[0],
+                        rule={"kind": "best", "param": "optim.lr", "value": 0.03},
+                        pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
+    done = sweep(tmp_path, study, *data_args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, children = runs_of(tmp_path, "tiny")
+    pruned = [c for c in children if c.data.tags["optuna.state"] == "PRUNED"]
+    assert len(pruned) == 2
+    assert all(c.info.status == "KILLED" and c.data.tags["outcome"] == "pruned" for c in pruned)
+
+
+@pytest.mark.slow
+def test_an_unreachable_storage_is_refused_before_any_run(tmp_path, data_args):
+    done = sweep(tmp_path, write_study(tmp_path), "storage=postgresql://nobody@127.0.0.1:9/none", *data_args)
+    assert done.returncode == 2 and "storage=postgresql://nobody@127.0.0.1:9/none" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "mlflow.db").exists() or not runs_of(tmp_path, "tiny")[0]
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgresql_study(tmp_path, data_args, postgres_uri):
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_uri, isolation_level="AUTOCOMMIT")
+    with engine.connect() as con:
+        con.execute(sa.text("CREATE DATABASE optuna_sweep"))
+    engine.dispose()
+    storage = postgres_uri.replace("/mlflow?", "/optuna_sweep?")
+    study = write_study(tmp_path, space={"model.n_factors": {"choices": [2, 3, 4]}}, seeds=[0, 1])
+    done = sweep(tmp_path, study, "workers=2", f"storage={storage}", *data_args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    opt = optuna.load_study(study_name="tiny", storage=storage)
+    assert len(opt.trials) == 6 and len({t.number for t in opt.trials}) == 6
+    assert len({(t.params["model.n_factors"], t.params["trainer.seed"]) for t in opt.trials}) == 6
+    parents, children = runs_of(tmp_path, "tiny")
+    assert len(parents) == 1
+    assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == list(range(6))
+    assert {c.data.tags["optuna.study"] for c in children} == {"tiny"}
