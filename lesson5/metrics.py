@@ -44,8 +44,3 @@ TABLES = {"mse": {}, "cross_entropy": {"confusion_matrix.json": confusion_matrix
 def tables(out: Tensor, y: Tensor, loss: str) -> dict[str, object]:
     return {name: table(out, y) for name, table in TABLES[loss].items()}
 
-
-# The metrics an epoch reports, by loss (train_loss and what METRICS computes; tests/test_sweep.py checks them),
-# for checking a study's objective before any trial runs.
-NAMES = {"mse": ("train_loss", "valid_loss", "valid_rmse", "valid_mae"),
-         "cross_entropy": ("train_loss", "valid_loss", "valid_accuracy")}

@@ -169,8 +169,9 @@ def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Seq
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True).encode()
         rid = tracker.start_run(experiment=conf.tracking.experiment, name=conf.tracking.run_name, params=params,
                                 tags=tags, files={"config.yaml": config_yaml}, parent=parent_run_id)
-        if parent_run_id is not None:
+        if parent_run_id is not None and parent_run_id not in tracker.parents_seen:
             tracker.run_info(rid)  # a parent that does not exist fails here, before any training
+            tracker.parents_seen.add(parent_run_id)  # later runs under it (a worker's trials) need not wait
     error, fold_rid = None, None
     try:
         per_fold, learn = {}, None

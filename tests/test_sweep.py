@@ -1,8 +1,10 @@
 """Sweeps: study files checked before any trial, verdicts from trials, and whole sweeps on tiny data."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -62,11 +64,20 @@ def test_a_study_file_that_does_not_parse_is_named(tmp_path):
         spec.load(str(path))
 
 
-def test_the_metric_names_are_what_the_metrics_report():
+def test_the_models_losses_and_metrics_are_what_the_code_reports(movielens_dir):
+    from lesson5 import compose, models
+    from lesson5 import data as datasets
+    from lesson5.config import validate
+
     reg = metrics.METRICS["mse"](torch.zeros(3), torch.ones(3))
     cls = metrics.METRICS["cross_entropy"](torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
-    assert set(metrics.NAMES["mse"]) == {"train_loss", *reg}
-    assert set(metrics.NAMES["cross_entropy"]) == {"train_loss", *cls}
+    assert set(models.LOGGED["mse"]) == {"train_loss", *reg}
+    assert set(models.LOGGED["cross_entropy"]) == {"train_loss", *cls}
+    ml = datasets.build(validate(compose([f"data.path={movielens_dir}", "data.verify=false"])).data)
+    images = datasets.Data(folds=[], sizes={"n_inputs": 784, "n_classes": 10})
+    for name in models.REGISTRY:
+        conf = validate(compose([f"model={name}"])).model
+        assert models.build(conf, ml if name == "collab" else images).loss == models.LOSSES[name]
 
 
 def _trials(values: dict, param="model.n_factors"):
@@ -193,3 +204,81 @@ def test_two_workers_share_a_postgresql_study(tmp_path, data_args, postgres_uri)
     assert len(parents) == 1
     assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == list(range(6))
     assert {c.data.tags["optuna.study"] for c in children} == {"tiny"}
+
+
+def _journal_study(tmp_path, name="tiny"):
+    return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "sweeps.journal"))))
+
+
+def _wait_for(predicate, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if predicate():
+                return True
+        except (KeyError, OSError, ValueError):  # the study or its journal is not there yet
+            pass
+        time.sleep(0.3)
+    return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_consistent_study_that_resume_completes(tmp_path, movielens_dir):
+    args = [f"data.path={movielens_dir}", "data.verify=false", "trainer.epochs=40"]
+    study = write_study(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "lesson5.sweep", str(study), *args], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    complete = lambda: sum(t.state.name == "COMPLETE" for t in _journal_study(tmp_path).trials) >= 1  # noqa: E731
+    assert _wait_for(complete)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the driver, its workers and their writers
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    assert "resume=true" in err
+    trials = _journal_study(tmp_path).trials
+    assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials) and len(trials) < 5
+    (parent,), children = runs_of(tmp_path, "tiny")
+    assert parent.info.status == "KILLED" and all(c.info.status != "RUNNING" for c in children)
+    done = sweep(tmp_path, study, "resume=true", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    opt = _journal_study(tmp_path)
+    finished = [t for t in opt.trials if t.state.name == "COMPLETE"]
+    assert len(finished) == 4 and len({tuple(sorted(t.params.items())) for t in finished}) == 4
+    (parent,), _ = runs_of(tmp_path, "tiny")
+    assert parent.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_loses_nothing(tmp_path, movielens_dir):
+    """kill -9 of one worker: the other goes on, the lost trial ends FAIL and its point runs again."""
+    args = [f"data.path={movielens_dir}", "data.verify=false", "trainer.epochs=40"]
+    study = write_study(tmp_path, space={"model.n_factors": {"choices": [2, 3, 4]}})
+    proc = subprocess.Popen([sys.executable, "-m", "lesson5.sweep", str(study), "workers=2", *args], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    running = lambda: [t for t in _journal_study(tmp_path).trials if t.state.name == "RUNNING"  # noqa: E731
+                       and "pid" in t.user_attrs]
+    assert _wait_for(lambda: len(running()) >= 1)
+    victim = running()[0]
+    os.kill(int(victim.user_attrs["pid"]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    opt = _journal_study(tmp_path)
+    assert opt.trials[victim.number].state.name == "FAIL"
+    finished = [t for t in opt.trials if t.state.name == "COMPLETE"]
+    assert len(finished) == 6 and len({tuple(sorted(t.params.items())) for t in finished}) == 6, err[-3000:]
+    assert proc.returncode == 0, err[-3000:]
+
+
+def test_lr_find_suggests_an_lr_within_its_range_and_logs_its_plot(tiny, tmp_path):
+    from lesson5.lr_find import find
+
+    finder, suggested, run_id = find([*tiny, "model.y_range=null"], start_lr=1e-5, end_lr=100.0)
+    assert finder.lrs[0] == pytest.approx(1e-5) and finder.lrs[-1] <= 100.0
+    assert finder.lrs[0] <= suggested <= finder.lrs[-1]
+    assert len(finder.lrs) < 43  # the loss exploded before the pass ended, and the finder stopped
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    r = client.get_run(run_id)
+    assert r.info.status == "FINISHED" and float(r.data.tags["suggested_lr"]) == pytest.approx(suggested, rel=1e-2)
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/lr_find.png"]
+    assert len(client.get_metric_history(run_id, "lr_find_loss")) == len(finder.lrs)

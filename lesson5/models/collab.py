@@ -8,8 +8,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-LOSS = "mse"
-
 
 def embedding(n: int, dim: int) -> nn.Embedding:
     """An embedding initialised as fastai does: normal(0, 0.01) truncated at two standard deviations."""
@@ -22,7 +20,7 @@ def embedding(n: int, dim: int) -> nn.Embedding:
 class EmbeddingDotBias(nn.Module):
     """rating = sigmoid(u·i + user_bias + item_bias) * (hi - lo) + lo (fastai's EmbeddingDotBias)."""
 
-    loss = LOSS
+    loss = "mse"
 
     def __init__(self, n_users: int, n_items: int, n_factors: int, y_range: Optional[Sequence[float]] = None):
         super().__init__()

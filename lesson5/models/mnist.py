@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-LOSS = "cross_entropy"
-
 
 class Classifier(nn.Module):
     """Linear layers with ReLU between them; optional batch norm and dropout (the lesson's regularizers)."""
 
-    loss = LOSS
+    loss = "cross_entropy"
 
     def __init__(self, sizes: list[int], dropout: float = 0.0, batchnorm: bool = False):
         super().__init__()

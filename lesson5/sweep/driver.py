@@ -167,6 +167,8 @@ class Sweep:
         from lesson5.sweep import report
         from lesson5.sweep.worker import too_many_failures
 
+        with stores.lock(self.storage, self.study_name):  # a trial whose worker died after the last claim
+            stores.fail_lost_trials(self.opt)
         trials = self.opt.get_trials(deepcopy=False)
         counted = [t for t in trials if stores.counts(t)]
         active = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -175,20 +177,20 @@ class Sweep:
         print(f"study {self.study_name}: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} "
               f"pruned, {states[TrialState.FAIL]} failed, in {wall:.1f} s", file=sys.stderr)
         client = self._client()
-        failing = too_many_failures(self.study, self.opt)
-        if interrupted or crashed:
+        complete = len(counted) >= self.study.n_trials and not active
+        if interrupted or (crashed and not complete):
             why = "interrupted" if interrupted else f"worker exit codes {crashed}"
             client.set_tag(self.parent_run_id, "stop_reason", f"{why}; resume=true continues the study")
             client.set_terminated(self.parent_run_id, "KILLED")
             print(f"{why}: the study and its runs are consistent; run again with resume=true to continue",
                   file=sys.stderr)
             return 130 if interrupted else 1
-        if failing:
+        if too_many_failures(self.study, self.opt):
             fail_run(client, self.parent_run_id, f"more than {self.study.max_fail_rate:.0%} of the trials failed")
             print(f"error: more than {self.study.max_fail_rate:.0%} of the trials failed; see their stop_reason "
                   f"tags in MLflow", file=sys.stderr)
             return 1
-        if len(counted) < self.study.n_trials or active:
+        if not complete:
             print("other workers still run trials of this study; the last to finish closes its parent run",
                   file=sys.stderr)
             return 0

@@ -151,7 +151,7 @@ def check_pruner(study: Study) -> None:
 def _check(study: Study, n_trials: Optional[int]) -> None:
     """Everything about the study that can be wrong, before a trial runs: choices, the rule, and one trial's
     config (so an unknown key, a bad value or an objective its model does not log is caught here)."""
-    from lesson5 import metrics, models
+    from lesson5 import models
     from lesson5.config import compose, validate
 
     path = study.path
@@ -183,7 +183,7 @@ def _check(study: Study, n_trials: Optional[int]) -> None:
         raise ConfigError(f"{path}: a trial's config is invalid: {e}") from None
     except Exception as e:  # noqa: BLE001 - Hydra's composition errors name the key
         raise ConfigError(f"{path}: base or space names something Hydra cannot compose: {e}") from None
-    logged = metrics.NAMES[models.loss_name(conf.model.name)]
+    logged = models.LOGGED[models.LOSSES[conf.model.name]]
     if study.metric not in logged:
         raise ConfigError(f"{path}: objective.metric: {study.metric!r} is not logged by model "
                           f"{conf.model.name}; it logs {', '.join(logged)}")

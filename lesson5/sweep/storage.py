@@ -64,13 +64,17 @@ def counts(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """Whether a process of this host is running (a zombie, dead but not yet reaped by its parent, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: the state field follows the parenthesized command name
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def fail_lost_trials(study: optuna.Study) -> list[int]:

@@ -7,36 +7,44 @@ same `run(cfg)` as the command line, as a child of the study's parent run.
 
 from __future__ import annotations
 
-import os
-import sys
+import time
 
-import optuna
-from optuna.trial import TrialState
+STARTED = time.time()  # this process's start, near enough: the worker's wall time counts from here
 
-from lesson5.learner import Callback
-from lesson5.sweep import storage as stores
-from lesson5.sweep.spec import Param, Study
-from lesson5.tracking import Tracker
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from lesson5.sweep import storage as stores  # noqa: E402
+from lesson5.sweep.spec import Param, Study  # noqa: E402
+from lesson5.tracking import Tracker  # noqa: E402
 
 # Optuna's state for each way a trial's run can end (lesson5.outcome): the run's tag `optuna.state`.
 OPTUNA_STATE = {"finished": "COMPLETE", "pruned": "PRUNED"}
 
 
-class Pruning(Callback):
-    """Reports the objective after every epoch; raises optuna.TrialPruned when the pruner says so."""
+def pruning(trial: optuna.Trial, metric: str):
+    """A callback that reports the objective after every epoch and raises optuna.TrialPruned when the pruner
+    says so; `epochs` counts the epochs trained (what pruning saves). Made here: lesson5.learner imports torch,
+    which the worker imports only after its MLflow writer has started."""
+    from lesson5.learner import Callback
 
-    order = 40
+    class Pruning(Callback):
+        order = 40
+        epochs = 0
 
-    def __init__(self, trial: optuna.Trial, metric: str):
-        self.trial, self.metric = trial, metric
+        def after_epoch(self, learn) -> None:
+            value = learn.metrics[metric]
+            self.epochs = learn.epoch + 1
+            trial.report(value, learn.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {self.epochs} of {learn.epochs}: {metric} {value:.4f}")
 
-    def after_epoch(self, learn) -> None:
-        value = learn.metrics[self.metric]
-        self.trial.report(value, learn.epoch)
-        self.trial.set_user_attr("epochs", learn.epoch + 1)  # what pruning saves is counted in epochs
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {learn.epoch + 1} of {learn.epochs}: "
-                                     f"{self.metric} {value:.4f}")
+    return Pruning()
 
 
 def suggest(trial: optuna.Trial, p: Param):
@@ -47,15 +55,18 @@ def suggest(trial: optuna.Trial, p: Param):
     return trial.suggest_float(p.key, p.low, p.high, log=p.log)
 
 
-def objective(study: Study, tracker: Tracker, parent_run_id: str):
-    """The Optuna objective: one lesson5 run per trial, its metric the value."""
+def objective(study: Study, tracker: Tracker, parent_run_id: str, claim: contextlib.ExitStack):
+    """The Optuna objective: one lesson5 run per trial, its metric the value. It releases the claim lock first:
+    by then Optuna has popped the trial this worker claimed."""
     from lesson5 import compose
     from lesson5.outcome import outcome
     from lesson5.run import run
 
     def trial_fn(trial: optuna.Trial) -> float:
+        claim.close()
         trial.set_user_attr("host", stores.HOST)
         trial.set_user_attr("pid", os.getpid())
+        prune = pruning(trial, study.metric)
         params = {p.key: suggest(trial, p) for p in study.space}
         seed = trial.suggest_categorical("trainer.seed", study.seeds)
         swept = [p.override(params[p.key]) for p in study.space] + [f"trainer.seed={seed}"]
@@ -65,31 +76,36 @@ def objective(study: Study, tracker: Tracker, parent_run_id: str):
             result = run(compose([*overrides, "trainer.progress=false",
                                   f"tracking.run_name='{study.name} trial {trial.number}'"]),
                          overrides=swept, tracker=tracker, parent_run_id=parent_run_id, tags=tags,
-                         callbacks=[Pruning(trial, study.metric)],
+                         callbacks=[prune],
                          end_tags=lambda end: {"optuna.state": OPTUNA_STATE.get(end.outcome, "FAIL")})
         except BaseException as e:
             end = outcome(e)
+            trial.set_user_attr("epochs", prune.epochs)
             trial.set_user_attr("outcome", end.outcome)
             trial.set_user_attr("stop_reason", (end.reason or "")[:500])
             raise
-        trial.set_user_attr("outcome", "finished")
-        trial.set_user_attr("mlflow_run_id", result.run_id)
-        trial.set_user_attr("train_seconds", result.metrics["train_seconds"])
+        for key, value in (("epochs", prune.epochs), ("mlflow_run_id", result.run_id),
+                           ("train_seconds", result.metrics["train_seconds"]), ("outcome", "finished")):
+            trial.set_user_attr(key, value)
         return result.metrics[study.metric]
 
     return trial_fn
 
 
-def _next(study: Study, opt: optuna.Study) -> dict | None:
-    """Under the claim lock: the params of the next trial to enqueue ({} for a sampler's own choice), or None
-    when n_trials count already. A grid study takes its first point that no counted trial covers."""
+def _next(study: Study, opt: optuna.Study) -> Optional[dict]:
+    """Under the claim lock: what to enqueue for the next trial, {} to run a trial already WAITING (left by an
+    interrupted claim), or None when n_trials count already. A grid study takes its first point that no counted
+    trial covers; other samplers choose their own values ({"params": {}})."""
     trials = [t for t in opt.get_trials(deepcopy=False) if stores.counts(t)]
+    if any(t.state == TrialState.WAITING for t in trials):
+        return {}
     if len(trials) >= study.n_trials:
         return None
     if study.sampler != "grid":
-        return {}
+        return {"params": {}, "user_attrs": {}}
     taken = {t.user_attrs.get("grid_point") for t in trials}
-    return next(({"params": point, "grid_point": i} for i, point in enumerate(study.grid()) if i not in taken), None)
+    return next(({"params": point, "user_attrs": {"grid_point": i}} for i, point in enumerate(study.grid())
+                 if i not in taken), None)
 
 
 def too_many_failures(study: Study, opt: optuna.Study) -> bool:
@@ -102,29 +118,36 @@ def main(study: Study, storage: str, study_name: str, parent_run_id: str, tracki
     """A worker process: claim, run and tell trials until the study is full, interrupted or failing."""
     from lesson5.sweep.samplers import make_pruner, make_sampler
 
+    tracker = Tracker(tracking_uri)  # first: its writer imports MLflow while this process imports torch
+    import lesson5.run  # noqa: F401
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     opt = optuna.load_study(study_name=study_name, storage=stores.open_storage(storage),
                             sampler=make_sampler(study), pruner=make_pruner(study))
-    tracker = Tracker(tracking_uri)
-    code = 0
+    code, trials = 0, 0
     try:
         while not too_many_failures(study, opt):
-            with stores.lock(storage, study_name):
+            # The lock is held from the claim until Optuna has popped the claimed trial (the objective's first
+            # line releases it), so each worker runs the trial it enqueued, and none is left WAITING.
+            with contextlib.ExitStack() as claim:
+                claim.enter_context(stores.lock(storage, study_name))
                 stores.fail_lost_trials(opt)
-                claim = _next(study, opt)
-                if claim is None:
+                nxt = _next(study, opt)
+                if nxt is None:
                     break
-                if claim:
-                    opt.enqueue_trial(claim["params"], user_attrs={"grid_point": claim["grid_point"]})
-                else:
-                    opt.enqueue_trial({})
-            # a diverged or failing trial ends FAIL and the sweep goes on; Ctrl-C stops this worker
-            opt.optimize(objective(study, tracker, parent_run_id), n_trials=1, catch=(Exception,),
-                         gc_after_trial=False)
+                if nxt:
+                    opt.enqueue_trial(nxt["params"], user_attrs=nxt["user_attrs"])
+                # a diverged or failing trial ends FAIL and the sweep goes on; Ctrl-C stops this worker
+                opt.optimize(objective(study, tracker, parent_run_id, claim), n_trials=1, catch=(Exception,),
+                             gc_after_trial=False)
+            trials += 1
     except KeyboardInterrupt:
         code = 130
     finally:
         tracker.close()
+        if code == 0:  # for the throughput report: this worker's wall time and trials
+            opt.set_user_attr(f"worker {stores.HOST} {os.getpid()}", {"wall_s": time.time() - STARTED,
+                                                                    "trials": trials})
     sys.exit(code)
 
 

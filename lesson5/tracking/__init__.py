@@ -37,6 +37,7 @@ class Tracker:
         self._open: set[int] = set()
         self.runs: dict[int, Started] = {}
         self._errors: dict[Optional[int], str] = {}  # by local run id; None: the writer itself
+        self.parents_seen: set[str] = set()  # MLflow run ids a child of this tracker's has been created under
 
     def start_run(self, *, experiment: str, name: Optional[str], params: dict[str, Any], tags: dict[str, Any],
                   files: dict[str, bytes] = {}, parent: Union[int, str, None] = None) -> int:
