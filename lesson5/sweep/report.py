@@ -33,7 +33,7 @@ def completed(opt: optuna.Study) -> list[tuple[dict, float]]:
     return [(t.params, t.value) for t in opt.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
 
-def plot_param(study: Study, trials: list[tuple[dict, float]], key: str) -> bytes:
+def plot_param(study: Study, name: str, trials: list[tuple[dict, float]], key: str) -> bytes:
     """The objective against one swept parameter: every trial (seeds spread), and the mean per value."""
     from lesson5 import plots
 
@@ -54,7 +54,7 @@ def plot_param(study: Study, trials: list[tuple[dict, float]], key: str) -> byte
     ax.scatter(xs, [v for _, v in trials], s=14, alpha=0.6, label="trials (each seed)")
     if means:
         ax.plot(*zip(*sorted(means)), "o-", color="tab:red", label="mean over seeds")
-    ax.set(xlabel=key, ylabel=study.metric, title=f"{study.name}: {study.metric} against {key}")
+    ax.set(xlabel=key, ylabel=study.metric, title=f"{name}: {study.metric} against {key}")
     ax.legend()
     plots._margins(fig)
     return plots.png(fig)
@@ -116,7 +116,7 @@ def build(opt: optuna.Study, study: Study) -> Report:
     if imp:
         lines += ["", "## Parameter importances (fANOVA)", "", "| param | importance |", "|---|---:|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in imp.items()]
-    plots = {f"{study.name}_{p.key}.png": plot_param(study, trials, p.key) for p in study.space} if trials else {}
+    plots = {f"{opt.study_name}_{p.key}.png": plot_param(study, opt.study_name, trials, p.key) for p in study.space} if trials else {}
     lines += ["", *[f"![{name}]({name})" for name in plots], ""]
     return Report(verdict, "\n".join(lines), plots)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import warnings
 import zlib
 from pathlib import Path
 
@@ -45,8 +46,10 @@ def open_storage(storage: str):
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(Path(storage).resolve())))
     try:
-        return optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                          engine_kwargs={"pool_pre_ping": True})
+        with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 5; it is what we rely on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                              engine_kwargs={"pool_pre_ping": True})
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's and the driver's errors vary
         raise ConfigError(f"storage={storage}: cannot open the Optuna storage ({type(e).__name__}: "
                           f"{str(e).splitlines()[0]}). Start the database or fix the URL.") from None
