@@ -20,7 +20,7 @@ def main(argv: list[str]) -> int:
     from lesson5.sweep import report, spec
     from lesson5.sweep import storage as stores
     from lesson5.sweep.driver import PARENT_ATTR
-    from lesson5.tracking.store import resolve_uri
+    from lesson5.tracking.store import open_client, resolve_uri
 
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -38,9 +38,7 @@ def main(argv: list[str]) -> int:
         study.base = list(opt.user_attrs.get("base", study.base))
         client, parent = None, opt.user_attrs.get(PARENT_ATTR)
         if parent:
-            from mlflow import MlflowClient
-
-            client = MlflowClient(resolve_uri(validate(compose(study.base)).tracking.uri))
+            client = open_client(resolve_uri(validate(compose(study.base)).tracking.uri))
         out = Path(options["out"]) if "out" in options else report.RESULTS
         rep = report.write(opt, study, client=client, parent_run_id=parent, out_dir=out)
     except Lesson5Error as e:

@@ -209,3 +209,15 @@ def test_writers_starting_together_share_a_fresh_store(tmp_path, request, store)
     client = MlflowClient(uri)
     found = client.search_runs([client.get_experiment_by_name("e").experiment_id])
     assert sorted(r.info.status for r in found) == ["FINISHED"] * 3
+
+
+@pytest.mark.slow
+def test_hydras_multirun_makes_one_run_per_job(tmp_path, movielens_dir):
+    cmd = [sys.executable, "-m", "lesson5", "-m", "model.n_factors=2,3", f"data.path={movielens_dir}",
+           "data.verify=false", "trainer.epochs=1", "trainer.progress=false", "tracking.experiment=multi"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    found = client.search_runs([client.get_experiment_by_name("multi").experiment_id])
+    assert sorted((r.data.params["model.n_factors"], r.info.status) for r in found) == [("2", "FINISHED"),
+                                                                                       ("3", "FINISHED")]

@@ -186,7 +186,8 @@ def test_an_unreachable_storage_is_refused_before_any_run(tmp_path, data_args):
 
 
 @pytest.mark.slow
-def test_two_workers_share_a_postgresql_study(tmp_path, data_args, postgres_uri):
+def test_two_machines_share_a_postgresql_study(tmp_path, data_args, postgres_uri):
+    """Two sweep commands started together against one PostgreSQL study, as two machines would run them."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(postgres_uri, isolation_level="AUTOCOMMIT")
@@ -195,13 +196,17 @@ def test_two_workers_share_a_postgresql_study(tmp_path, data_args, postgres_uri)
     engine.dispose()
     storage = postgres_uri.replace("/mlflow?", "/optuna_sweep?")
     study = write_study(tmp_path, space={"model.n_factors": {"choices": [2, 3, 4]}}, seeds=[0, 1])
-    done = sweep(tmp_path, study, "workers=2", f"storage={storage}", *data_args)
-    assert done.returncode == 0, done.stderr[-3000:]
+    cmd = [sys.executable, "-m", "lesson5.sweep", str(study), "workers=1", f"storage={storage}", *data_args]
+    machines = [subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for m in machines:
+        _, err = m.communicate(timeout=600)
+        assert m.returncode == 0, err[-3000:]
     opt = optuna.load_study(study_name="tiny", storage=storage)
     assert len(opt.trials) == 6 and len({t.number for t in opt.trials}) == 6
     assert len({(t.params["model.n_factors"], t.params["trainer.seed"]) for t in opt.trials}) == 6
     parents, children = runs_of(tmp_path, "tiny")
-    assert len(parents) == 1
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == list(range(6))
     assert {c.data.tags["optuna.study"] for c in children} == {"tiny"}
 

@@ -22,7 +22,7 @@ from lesson5.errors import ConfigError
 from lesson5.sweep import spec as specs
 from lesson5.sweep import storage as stores
 from lesson5.sweep.spec import Study
-from lesson5.tracking.store import check_reachable, fail_run, resolve_uri
+from lesson5.tracking.store import check_reachable, fail_run, open_client, resolve_uri
 
 PARENT_ATTR = "mlflow_parent_run_id"
 
@@ -109,9 +109,7 @@ class Sweep:
         return opt
 
     def _client(self):
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=self.tracking_uri)
+        return open_client(self.tracking_uri)
 
     def _parent(self) -> str:
         """The study's parent run: made by the first machine to get here, running again on a resume."""

@@ -46,7 +46,10 @@ def open_storage(storage: str):
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(Path(storage).resolve())))
     try:
-        with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 5; it is what we rely on
+        # Optuna creates a new database's tables on first use, and machines starting together on a fresh one
+        # fail on PostgreSQL's catalog ("duplicate key ... pg_type_typname_nsp_index"): take turns, as the
+        # MLflow writers do. The heartbeat is "experimental" in Optuna 5; it is what we rely on.
+        with store_lock(storage), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                                               engine_kwargs={"pool_pre_ping": True})

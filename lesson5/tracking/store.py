@@ -47,6 +47,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                                 f"`mlflow server --port ...`, or fix tracking.uri (or use tracking=none).") from e
 
 
+def open_client(uri: str):
+    """An MlflowClient on `uri` whose store has been set up (tables created or migrated) under `store_lock`, so
+    that processes starting together on a new store, on one machine or many, take turns."""
+    from mlflow import MlflowClient
+
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # the first touch sets the store up, and reports a bad one now
+    return client
+
+
 def fail_run(client, run_id: str, reason: str) -> None:
     """Close a run that its trainer or writer could not close as FAILED, saying why (client: an MlflowClient)."""
     from mlflow.entities import RunTag

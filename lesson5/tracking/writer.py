@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lesson5.process import fast_exit, pause_gc, resume_gc
 from lesson5.tracking.messages import Close, Closed, EndRun, Failed, LogFiles, LogMetrics, StartRun, Started
-from lesson5.tracking.store import fail_run, store_lock
+from lesson5.tracking.store import fail_run, open_client
 
 PER_CALL = {"metrics": 1000, "params": 100}  # MLflow's log_batch limits
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's system tag for nested runs
@@ -38,11 +38,7 @@ class Writer:
     """MLflow calls for the messages of one trainer, by local run id."""
 
     def __init__(self, uri: str):
-        from mlflow import MlflowClient
-
-        with store_lock(uri):
-            self.client = MlflowClient(tracking_uri=uri)
-            self.client.search_experiments(max_results=1)  # touch the store now, so a bad one is reported early
+        self.client = open_client(uri)
         self.runs: dict[int, _Run] = {}
 
     def _experiment_id(self, name: str) -> str:
