@@ -282,10 +282,52 @@ def _problems(obj: Any, prefix: str) -> List[str]:
     return out
 
 
+# What each model reads, and the data options that give it.
+_DATA_FOR = {CollabConf: (MovieLensConf, "ratings", "data=movielens"),
+             LogisticConf: (ImageDataConf, "images", "data=mnist or data=fashion_mnist"),
+             MlpConf: (ImageDataConf, "images", "data=mnist or data=fashion_mnist")}
+
+
+def _mismatch(obj: Config) -> List[str]:
+    """A model given data it cannot read (collab needs ratings, the image models images)."""
+    wanted = _DATA_FOR.get(type(obj.model))
+    if wanted is None or isinstance(obj.data, wanted[0]):
+        return []
+    gives = "ratings" if isinstance(obj.data, MovieLensConf) else "images"
+    return [f"model={obj.model.name} needs {wanted[1]}, but data={obj.data.name} gives {gives}: add {wanted[2]}"]
+
+
+# Keys that the chosen components ignore: (key, whether it is ignored, by what, what to do instead).
+_OPTIM = lambda c: f"optim={c.optim.name.value}"  # noqa: E731
+_IGNORED = [
+    ("optim.momentum", lambda c: c.optim.name in (OptimName.sgd, OptimName.rmsprop), _OPTIM,
+     "use optim=momentum for SGD with momentum (optim=adam takes it as beta1)"),
+    ("optim.sqr_mom", lambda c: c.optim.name in (OptimName.sgd, OptimName.momentum), _OPTIM,
+     "only optim=rmsprop and optim=adam use it"),
+    ("optim.eps", lambda c: c.optim.name in (OptimName.sgd, OptimName.momentum), _OPTIM,
+     "only optim=rmsprop and optim=adam use it"),
+    ("optim.wd_mode", lambda c: c.optim.wd == 0, lambda c: "optim.wd=0", "set optim.wd to decay the weights"),
+    *[(f"schedule.{k}", lambda c: c.schedule.name is ScheduleName.constant, lambda c: "schedule=constant",
+       "use schedule=one_cycle") for k in ("pct_start", "div", "div_final", "moms")],
+    *[(f"tracking.{k}", lambda c: not c.tracking.enabled, lambda c: "tracking=none", "drop tracking=none to track")
+      for k in ("uri", "experiment", "run_name", "log_every_n_steps", "flush_every")],
+    ("data.valid_pct", lambda c: isinstance(c.data, MovieLensConf) and c.data.split is not Split.random
+     and not c.data.valid_from_train, lambda c: f"data.split={c.data.split.value}",
+     "it validates on GroupLens' test folds; add data.valid_from_train=true to carve a validation set"),
+]
+
+
+def ignored(conf: Config, overrides: Sequence[str]) -> List[str]:
+    """Warnings for the keys set in `overrides` that the chosen components ignore, naming what to use instead."""
+    given = {o.split("=", 1)[0].lstrip("+~"): o for o in overrides if "=" in o}
+    return [f"{given[key]} is ignored with {by(conf)}: {advice}" for key, when, by, advice in _IGNORED
+            if key in given and when(conf)]
+
+
 def validate(cfg: DictConfig) -> Config:
     """Turn a composed config into typed dataclasses, or raise ConfigError naming every bad key."""
     obj = OmegaConf.to_object(cfg)
-    problems = _problems(obj, "")
+    problems = _problems(obj, "") + _mismatch(obj)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems) + "\nFix the key(s) on the command line or in conf/.")
     return obj

@@ -13,6 +13,7 @@ import platform
 import resource
 import statistics
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -24,7 +25,8 @@ import lesson5
 from lesson5 import data as datasets
 from lesson5 import losses, metrics, models, optim
 from lesson5.callbacks import ProgressBar, Recorder, TrackMetrics
-from lesson5.config import Config, flatten, validate
+from lesson5.config import Config, flatten, ignored, validate
+from lesson5.errors import ConfigError
 from lesson5.learner import Callback, Learner
 from lesson5.optim.schedule import ParamScheduler
 from lesson5.outcome import Outcome, outcome
@@ -44,10 +46,17 @@ class RunResult:
 
 
 def pick_device(name: str) -> torch.device:
-    """trainer.device: `auto` takes CUDA when available."""
+    """trainer.device: `auto` takes CUDA when available; a device this machine lacks is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
+        raise ConfigError(f"trainer.device={name}: this machine has {have} (torch {torch.__version__}). Use "
+                          f"trainer.device=cpu, or auto to take a GPU when there is one.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.device={name}: MPS is not available here. Use trainer.device=cpu or auto.")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -141,6 +150,9 @@ def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[C
     and `end_tags(outcome)` to those it ends with (a trial's Optuna state).
     """
     conf = validate(cfg)
+    for warning in ignored(conf, overrides):
+        print(f"warning: {warning}", file=sys.stderr)
+    pick_device(conf.trainer.device)  # a missing device is refused before the tracker or the data
     own_tracker = tracker is None and conf.tracking.enabled
     if own_tracker:
         tracker = Tracker(conf.tracking.uri)  # the writer imports MLflow while the data loads

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
@@ -119,3 +120,33 @@ def test_cli_out_of_range_value_exits_nonzero_with_the_key(tmp_path):
     assert done.returncode == 2
     assert "data.valid_pct=1.5" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("overrides, fix", [
+    (["model=mlp"], "add data=mnist or data=fashion_mnist"),
+    (["model=logistic", "data=movielens"], "add data=mnist or data=fashion_mnist"),
+    (["model=collab", "data=mnist"], "add data=movielens"),
+], ids=["mlp on ratings", "logistic on ratings", "collab on images"])
+def test_a_model_given_data_it_cannot_read_says_which_data_to_use(overrides, fix, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "build", lambda conf: pytest.fail("data fetched before the check"))
+    with pytest.raises(ConfigError, match=fix):
+        run(compose([*overrides, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]))
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_device_this_machine_lacks_is_refused_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "build", lambda conf: pytest.fail("data fetched before the check"))
+    with pytest.raises(ConfigError, match="trainer.device=cuda: this machine has no CUDA device"):
+        run(compose(["trainer.device=cuda", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]))
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_value_the_chosen_component_ignores_gets_a_warning_naming_it(tiny, capsys):
+    run(compose([*tiny, "tracking=none", "trainer.epochs=1", "optim=sgd", "optim.momentum=0.9"]),
+        overrides=["optim=sgd", "optim.momentum=0.9", "schedule.div=10"])
+    err = capsys.readouterr().err
+    assert "warning: optim.momentum=0.9 is ignored with optim=sgd: use optim=momentum" in err
+    assert "schedule.div" not in err  # one-cycle, the default, uses it

@@ -51,3 +51,24 @@ def test_no_source_lists_what_was_tried_and_how_to_work_offline(tmp_path):
     assert "mirror A: ConnectionError: no route to host" in msg and "mirror B" in msg
     assert "Put a.txt in data.path." in msg
     assert not (tmp_path / "ds").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b"[1, 2]", None], ids=["garbled", "not a mapping", "missing"])
+def test_a_damaged_or_missing_manifest_is_rebuilt_by_fetching_again(tmp_path, damage):
+    calls = []
+    sources = [Source("ok", writer(calls))]
+    folder = fetch("ds", ["a.txt"], sources, cache_dir=str(tmp_path))
+    if damage is None:
+        (folder / MANIFEST).unlink()
+    else:
+        (folder / MANIFEST).write_bytes(damage)
+    folder = fetch("ds", ["a.txt"], sources, cache_dir=str(tmp_path))
+    assert len(calls) == 2 and (folder / MANIFEST).read_text().startswith("{")
+
+
+def test_a_cache_that_cannot_be_written_is_named_with_the_fix(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError) as err:
+        fetch("ds", ["a.txt"], [Source("ok", writer([]))], cache_dir=str(blocker / "cache"))
+    assert str(blocker / "cache") in str(err.value) and "LESSON5_CACHE" in str(err.value)

@@ -76,7 +76,7 @@ def test_the_models_losses_and_metrics_are_what_the_code_reports(movielens_dir):
     ml = datasets.build(validate(compose([f"data.path={movielens_dir}", "data.verify=false"])).data)
     images = datasets.Data(folds=[], sizes={"n_inputs": 784, "n_classes": 10})
     for name in models.REGISTRY:
-        conf = validate(compose([f"model={name}"])).model
+        conf = validate(compose([f"model={name}", f"data={'movielens' if name == 'collab' else 'mnist'}"])).model
         assert models.build(conf, ml if name == "collab" else images).loss == models.LOSSES[name]
 
 

@@ -82,9 +82,14 @@ class Source:
 def _verify(folder: Path, files: Sequence[str], known: Mapping[str, str]) -> Optional[str]:
     """None when every file matches the manifest and the known hashes, else what is wrong."""
     manifest = folder / MANIFEST
-    if not manifest.exists():
+    try:
+        recorded = json.loads(manifest.read_text())
+    except FileNotFoundError:
         return f"{manifest} is missing"
-    recorded = json.loads(manifest.read_text())
+    except (ValueError, OSError) as e:
+        return f"{manifest} is damaged ({e})"
+    if not isinstance(recorded, dict):
+        return f"{manifest} is damaged (not a mapping of file names to hashes)"
     for name in files:
         path = folder / name
         if not path.exists():
@@ -113,7 +118,13 @@ def fetch(
             return folder
         log.warning("cache %s is not intact (%s); fetching it again", folder, problem)
         shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=".probe-", dir=folder.parent)
+        os.rmdir(probe)
+    except OSError as e:
+        raise DataError(f"the data cache {folder.parent} cannot be written ({e.strerror}): set LESSON5_CACHE or "
+                        f"data.cache_dir to a writable folder") from None
     tried = []
     for source in sources:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
