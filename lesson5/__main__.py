@@ -60,9 +60,15 @@ def report(result) -> None:
         console.print("Tracking is off (tracking=none): nothing was stored.")
 
 
+_composed = False  # set once Hydra has composed a config: an exit before that is Hydra refusing the overrides
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    global _composed
     from lesson5.tracking import Tracker
+
+    _composed = True
 
     signal.signal(signal.SIGTERM, _sigterm)
     try:
@@ -92,5 +98,7 @@ if __name__ == "__main__":
     except SystemExit as e:  # our exit codes and Hydra's
         if not isinstance(e.code, (int, type(None))):
             raise  # a message for Python to print
-        fast_exit(e.code or 0)
+        # Hydra exits 1 when it cannot compose the overrides (an unknown key or option, a wrong type): bad input,
+        # which exits 2 like every other refused config.
+        fast_exit(2 if e.code == 1 and not _composed else e.code or 0)
     fast_exit(0)

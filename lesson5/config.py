@@ -118,7 +118,7 @@ class DataConf:
     cache_dir: Optional[str] = None
     # A local folder or file to read instead of fetching.
     path: Optional[str] = None
-    seed: int = 42
+    seed: int = _check(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)", 42)
 
 
 @dataclass
@@ -196,7 +196,7 @@ class LossConf:
 class TrainerConf:
     epochs: int = _check(lambda v: v >= 1, "an integer >= 1", 5)
     bs: int = _check(lambda v: v >= 1, "an integer >= 1", 64)
-    seed: int = 42
+    seed: int = _check(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)", 42)
     device: str = _check(
         lambda v: v == "auto" or v == "cpu" or v.startswith("cuda") or v == "mps", "auto, cpu, cuda, cuda:N or mps",
         "auto",

@@ -109,7 +109,7 @@ def test_unknown_config_group_option_is_refused():
 def test_cli_unknown_model_lists_choices_and_exits_nonzero(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lesson5", "model=colab"], cwd=tmp_path, capture_output=True,
                           text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "Available options in 'model'" in done.stderr and "collab" in done.stderr
 
 
