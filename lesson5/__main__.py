@@ -35,8 +35,8 @@ def _resume_gc_at_fit():
     return ResumeGc()
 
 
-def report(result) -> None:
-    """The final table of metrics and where to find the run."""
+def report(result, spooled=None) -> None:
+    """The final table of metrics and where to find the run (or its spool, when the store was away)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -49,7 +49,11 @@ def report(result) -> None:
     for k, v in result.metrics.items():
         table.add_row(k, f"{v:.4f}")
     console.print(table)
-    if result.run_id:
+    if spooled:
+        console.print(f"The run was not sent to the MLflow store {result.tracking_uri} (it stopped answering, or "
+                      f"tracking.mode=offline): it is kept in {spooled}. Send it with: python -m lesson5.sync",
+                      highlight=False, soft_wrap=True)
+    elif result.run_id:
         console.print(f"MLflow run {result.run_id} (experiment {result.experiment_id}) in {result.tracking_uri}",
                       highlight=False, soft_wrap=True)
         console.print(f"Open the UI: {ui_command(result.tracking_uri)}", highlight=False, soft_wrap=True)
@@ -74,7 +78,8 @@ def main(cfg: DictConfig) -> None:
     try:
         conf = validate(cfg)
         # Start the MLflow writer before importing torch: its own imports and store setup overlap ours.
-        tracker = Tracker(conf.tracking.uri) if conf.tracking.enabled else None
+        tracker = Tracker(conf.tracking.uri, offline=conf.tracking.mode.value == "offline") \
+            if conf.tracking.enabled else None
         try:
             from lesson5.run import run
 
@@ -89,7 +94,7 @@ def main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         print("interrupted: the MLflow run was marked KILLED", file=sys.stderr)
         sys.exit(130)
-    report(result)
+    report(result, tracker.spooled if tracker is not None else None)
 
 
 if __name__ == "__main__":

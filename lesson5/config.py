@@ -55,6 +55,11 @@ class WdMode(str, Enum):
     decoupled = "decoupled"
 
 
+class TrackingMode(str, Enum):
+    online = "online"
+    offline = "offline"  # spool runs locally, for `python -m lesson5.sync` later
+
+
 class ScheduleName(str, Enum):
     constant = "constant"
     one_cycle = "one_cycle"
@@ -211,6 +216,8 @@ class TrainerConf:
 @dataclass
 class TrackingConf:
     enabled: bool = True
+    # offline: write nothing to the store; spool every run under .lesson5/offline/ for `python -m lesson5.sync`
+    mode: TrackingMode = TrackingMode.online
     # null: sqlite:///mlflow.db in the directory the command runs from (MLflow's embedded default).
     uri: Optional[str] = None
     experiment: str = _check(lambda v: bool(v.strip()), "a non-empty name", "lesson5")

@@ -25,7 +25,7 @@ import lesson5
 from lesson5 import data as datasets
 from lesson5 import losses, metrics, models, optim
 from lesson5.callbacks import ProgressBar, Recorder, TrackMetrics
-from lesson5.config import Config, flatten, ignored, validate
+from lesson5.config import Config, TrackingMode, flatten, ignored, validate
 from lesson5.errors import ConfigError
 from lesson5.learner import Callback, Learner
 from lesson5.optim.schedule import ParamScheduler
@@ -155,7 +155,8 @@ def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[C
     pick_device(conf.trainer.device)  # a missing device is refused before the tracker or the data
     own_tracker = tracker is None and conf.tracking.enabled
     if own_tracker:
-        tracker = Tracker(conf.tracking.uri)  # the writer imports MLflow while the data loads
+        tracker = Tracker(conf.tracking.uri, offline=conf.tracking.mode is TrackingMode.offline)  # imports
+        # MLflow in the writer while the data loads
     try:
         return _run(cfg, conf, overrides, callbacks, tracker if conf.tracking.enabled else None, parent_run_id,
                     tags or {}, end_tags or (lambda end: {}))

@@ -71,8 +71,9 @@ class Sweep:
         resume = _flag(options.get("resume", "false"), "resume")
         conf = validate(compose(study.base))
         uri = resolve_uri(conf.tracking.uri)
-        if not conf.tracking.enabled:
-            raise ConfigError("tracking=none: a sweep records every trial as an MLflow run; drop tracking=none")
+        if not conf.tracking.enabled or conf.tracking.mode.value == "offline":
+            raise ConfigError("tracking=none and tracking.mode=offline: a sweep records every trial as a child of "
+                              "its MLflow parent run, in a reachable store; drop them")
         check_reachable(uri)
         storage = options.get("storage", stores.DEFAULT_JOURNAL)
         study_name = options.get("study_name", study.name)

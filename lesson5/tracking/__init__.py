@@ -19,19 +19,24 @@ from typing import Any, Optional, Union
 from lesson5.errors import TrackingError
 from lesson5.tracking import writer
 from lesson5.tracking.messages import Close, Closed, EndRun, Failed, LogFiles, LogMetrics, Row, StartRun, Started
+from lesson5.tracking.spool import ROOT as SPOOL_ROOT
 from lesson5.tracking.store import check_reachable, fail_run, resolve_uri, ui_command  # noqa: F401 - the API
 
 
 class Tracker:
     """Main-process handle on the writer. Runs are named by small local ids until MLflow assigns theirs."""
 
-    def __init__(self, uri: Optional[str]):
+    def __init__(self, uri: Optional[str], offline: bool = False):
+        """`offline`: spool everything for `python -m lesson5.sync` (tracking.mode=offline), never touching the
+        store; online, a store that stops answering mid-run is spooled from then on."""
         self.uri = resolve_uri(uri)
-        check_reachable(self.uri)
+        if not offline:
+            check_reachable(self.uri)
         ctx = mp.get_context("spawn")  # fork would copy torch's threads and state into the writer
         self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
-        self._proc = ctx.Process(target=writer.main, args=(self.uri, self._inbox, self._outbox),
-                                 name="lesson5-mlflow-writer", daemon=True)
+        self._proc = ctx.Process(target=writer.main, name="lesson5-mlflow-writer", daemon=True,
+                                 args=(self.uri, self._inbox, self._outbox, SPOOL_ROOT.resolve(), offline))
+        self.spooled: Optional[str] = None  # the spool folder, once the writer has closed, if it used one
         self._proc.start()
         self._ids = itertools.count(1)
         self._open: set[int] = set()
@@ -107,6 +112,8 @@ class Tracker:
         while not closed and time.monotonic() < deadline:
             msg = self._drain(block=True, timeout=0.5)
             closed = isinstance(msg, Closed)
+            if closed:
+                self.spooled = msg.spooled
             if msg is None and not self._proc.is_alive():  # it died (killed, out of memory) without closing
                 break
         self._proc.join(timeout=10)

@@ -64,4 +64,6 @@ class Failed:
 
 @dataclass
 class Closed:
-    """Everything is written and every run closed."""
+    """Everything is written and every run closed; `spooled`: the spool folder, if the store went away."""
+
+    spooled: Optional[str] = None

@@ -47,6 +47,14 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                                 f"`mlflow server --port ...`, or fix tracking.uri (or use tracking=none).") from e
 
 
+def fail_fast_http() -> None:
+    """MLflow retries a failing HTTP call for minutes by default; a few seconds decide that a server is gone
+    (the writer then spools, sync says so). Set before the first request; a user's own settings win."""
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+        os.environ.setdefault(key, value)
+
+
 def open_client(uri: str):
     """An MlflowClient on `uri` whose store has been set up (tables created or migrated) under `store_lock`, so
     that processes starting together on a new store, on one machine or many, take turns."""

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from lesson5.process import fast_exit, pause_gc, resume_gc
 from lesson5.tracking.messages import Close, Closed, EndRun, Failed, LogFiles, LogMetrics, StartRun, Started
-from lesson5.tracking.store import fail_run, open_client
+from lesson5.tracking.spool import ROOT, Known, Spool
+from lesson5.tracking.store import fail_fast_http, fail_run, open_client
 
 PER_CALL = {"metrics": 1000, "params": 100}  # MLflow's log_batch limits
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's system tag for nested runs
@@ -66,14 +67,27 @@ class Writer:
             self.client.log_batch(run_id, **{kind: items[i : i + PER_CALL[kind]]})
 
     def start(self, msg: StartRun) -> Started:
-        from mlflow.entities import Param
-
         tags = {**msg.tags, PARENT_TAG: self._parent_run_id(msg.parent)} if msg.parent is not None else msg.tags
         exp_id = self._experiment_id(msg.experiment)
-        run = self.runs[msg.rid] = _Run(self.client.create_run(exp_id, run_name=msg.name, tags=tags).info.run_id)
-        self._log_batch(run.run_id, "params", [Param(k, v[:6000]) for k, v in msg.params.items()])
+        run_id = self.client.create_run(exp_id, run_name=msg.name, tags=tags).info.run_id
+        self.adopt(msg, run_id)
+        return Started(msg.rid, run_id, exp_id)
+
+    def adopt(self, msg: StartRun, run_id: str) -> None:
+        """Take `run_id` as local run msg.rid and log its params and files (again, for a synced run: idempotent)."""
+        from mlflow.entities import Param
+
+        self.runs[msg.rid] = _Run(run_id)
+        self._log_batch(run_id, "params", [Param(k, v[:6000]) for k, v in msg.params.items()])
         self.files(LogFiles(msg.rid, msg.files))
-        return Started(msg.rid, run.run_id, exp_id)
+
+    def store_down(self) -> bool:
+        """Whether the store cannot be reached now (after MLflow's own, shortened, retries)."""
+        try:
+            self.client.search_experiments(max_results=1)
+            return False
+        except Exception:  # noqa: BLE001 - a server gone, a database locked or a disk full: all alike here
+            return True
 
     def metrics(self, msg: LogMetrics) -> None:
         from mlflow.entities import Metric
@@ -124,49 +138,82 @@ def _plots():
 HANDLERS = {StartRun: Writer.start, LogMetrics: Writer.metrics, LogFiles: Writer.files, EndRun: Writer.end}
 
 
-def serve(uri: str, inbox, outbox) -> None:
-    """Handle the trainer's messages until Close, or until the trainer dies (then its open runs are FAILED)."""
+def serve(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = False) -> None:
+    """Handle the trainer's messages until Close, or until the trainer dies (then its open runs are FAILED).
+
+    If the store stops answering mid-run, everything not yet in it (the open runs' messages since their start,
+    and all that follows) goes to a spool instead, and training goes on; `offline` spools from the start.
+    """
     parent = os.getppid()
-    try:
-        w = Writer(uri)
-    except Exception as e:  # noqa: BLE001 - reported to the trainer, which raises TrackingError
-        outbox.put(Failed(None, f"{type(e).__name__}: {e}"))
-        w = None
+    w, spool = None, Spool(spool_root, uri) if offline else None
+    if spool is None:
+        try:
+            w = Writer(uri)
+        except Exception as e:  # noqa: BLE001 - reported to the trainer, which raises TrackingError
+            outbox.put(Failed(None, f"{type(e).__name__}: {e}"))
+    history: dict[int, list] = {}  # the messages of each open run, while online: what a spool would need
     broken: set[int] = set()
     while True:
-        if w is not None and inbox.empty():
+        if (w is not None or spool is not None) and inbox.empty():
             _plots()  # matplotlib's import while idle, not when a run ends
         try:
             msg = inbox.get(timeout=1.0)
         except queue.Empty:
             if os.getppid() != parent:  # the trainer died without closing its runs
-                if w is not None:
+                if w is not None and spool is None:
                     w.fail_open_runs("the training process exited without closing this run")
                 return
             continue
         if isinstance(msg, Close):
-            outbox.put(Closed())
+            outbox.put(Closed(str(spool.dir) if spool is not None else None))
             return
+        if spool is not None:
+            spool.add(msg)
+            if isinstance(msg, StartRun):
+                outbox.put(Started(msg.rid, f"offline-{msg.rid}", "offline"))
+            continue
         if w is None or (msg.rid not in w.runs and not isinstance(msg, StartRun)) or (
                 msg.rid in broken and not isinstance(msg, EndRun)):
             continue  # no store, a run that never started, or one whose messages failed (only its end is tried)
+        history.setdefault(msg.rid, []).append(msg)
         try:
             reply = HANDLERS[type(msg)](w, msg)
-        except Exception as e:  # noqa: BLE001 - reported to the trainer, which raises TrackingError
+        except Exception as e:  # noqa: BLE001 - spooled if the store is gone, else reported to the trainer
+            if w.store_down():
+                spool = _spool_open_runs(w, history, spool_root, uri)
+                print(f"lesson5 tracking: the store {uri} stopped answering ({type(e).__name__}); the runs go on "
+                      f"to {spool.dir}: send them with `python -m lesson5.sync`", file=sys.stderr)
+                if isinstance(msg, StartRun) and msg.rid not in w.runs:
+                    outbox.put(Started(msg.rid, f"offline-{msg.rid}", "offline"))
+                continue
             broken.add(msg.rid)
             outbox.put(Failed(msg.rid, f"{type(e).__name__}: {e}"))
             print(f"lesson5 tracking: {type(msg).__name__} failed: {e}", file=sys.stderr)
         else:
             if isinstance(reply, Started):
                 outbox.put(reply)
+            if isinstance(msg, EndRun):
+                del history[msg.rid]
 
 
-def main(uri: str, inbox, outbox) -> None:
+def _spool_open_runs(w: Writer, history: dict[int, list], root: Path, uri: str) -> Spool:
+    """A new spool holding every run the store has (as Known) and the open runs' messages so far, in order."""
+    spool = Spool(root, uri)
+    for rid, run in w.runs.items():
+        spool.add(Known(rid, run.run_id))
+    for msgs in history.values():
+        for msg in msgs:
+            spool.add(msg)
+    return spool
+
+
+def main(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = False) -> None:
     """The writer process: serve, then leave without tearing down MLflow's modules (~1.4 s the trainer would
     wait for)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it then closes the runs
+    fail_fast_http()
     pause_gc()  # until _plots: MLflow's and matplotlib's imports make ~200k objects
-    serve(uri, inbox, outbox)
+    serve(uri, inbox, outbox, spool_root, offline)
     outbox.close()
     outbox.join_thread()
     fast_exit(0)

@@ -1,0 +1,94 @@
+"""`python -m lesson5.sync [--to URI] [--dir FOLDER]`: send spooled runs to their MLflow store.
+
+Runs are spooled under `.lesson5/offline/` (of the folder the command ran from) when the store stopped answering
+mid-run, or always with `tracking.mode=offline`. Each spool is replayed through the tracking writer's own code,
+into the store it was meant for (or `--to`): runs that already exist there are continued, the others created,
+with their names, tags, parents, params, metrics (their steps and timestamps), artifacts, plots and final
+status. It is idempotent: the runs it creates are recorded in the spool as it goes (`state.json`), MLflow skips a
+metric row it already holds, and a spool is deleted only once all of it is in the store. Nothing to sync: says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+from lesson5.errors import Lesson5Error, TrackingError
+from lesson5.tracking.messages import EndRun, LogFiles, LogMetrics, StartRun
+from lesson5.tracking.spool import ROOT, Known, pending, read
+from lesson5.tracking.store import fail_fast_http
+
+
+def sync_one(folder: Path, to: Optional[str] = None) -> list[str]:
+    """Replay one spool into its store; returns the MLflow run ids it holds. Raises TrackingError, keeping the
+    spool, when the store cannot be reached or refuses a call."""
+    from lesson5.tracking.writer import Writer, _Run
+
+    target = (folder / "target").read_text().strip()
+    uri = to or target
+    try:
+        w = Writer(uri)
+    except Exception as e:  # noqa: BLE001 - any failure to open the store
+        raise TrackingError(f"cannot reach the MLflow store {uri} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                            f"the spool {folder} is kept: start the store, or pass --to URI") from None
+    state_path = folder / "state.json"
+    state: dict[str, str] = json.loads(state_path.read_text()) if state_path.exists() else {}
+    exists = lambda run_id: _exists(w.client, run_id)  # noqa: E731
+    try:
+        for msg in read(folder):
+            if isinstance(msg, Known):
+                if uri == target and str(msg.rid) not in state:
+                    state[str(msg.rid)] = msg.run_id
+                if state.get(str(msg.rid)) and exists(state[str(msg.rid)]):
+                    w.runs[msg.rid] = _Run(state[str(msg.rid)], series=None)  # ended: kept for its children
+            elif isinstance(msg, StartRun):
+                if state.get(str(msg.rid)) and exists(state[str(msg.rid)]):
+                    w.adopt(msg, state[str(msg.rid)])
+                else:
+                    state[str(msg.rid)] = w.start(msg).run_id
+                    state_path.write_text(json.dumps(state))  # before anything else: a rerun reuses the run
+            elif isinstance(msg, (LogMetrics, LogFiles, EndRun)) and msg.rid in w.runs:
+                {LogMetrics: w.metrics, LogFiles: w.files, EndRun: w.end}[type(msg)](msg)
+    except Exception as e:  # noqa: BLE001 - the spool stays for another try
+        state_path.write_text(json.dumps(state))
+        raise TrackingError(f"syncing {folder} into {uri} failed ({type(e).__name__}: {e}); the spool is kept, "
+                            f"and running sync again continues it") from None
+    shutil.rmtree(folder)
+    return sorted(set(state.values()))
+
+
+def _exists(client, run_id: str) -> bool:
+    try:
+        client.get_run(run_id)
+        return True
+    except Exception:  # noqa: BLE001 - not in this store
+        return False
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lesson5.sync", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--to", help="the store to send to (default: the one each run was meant for)")
+    ap.add_argument("--dir", default=str(ROOT), help=f"where the spools are (default: {ROOT})")
+    args = ap.parse_args(argv)
+    fail_fast_http()
+    spools = pending(Path(args.dir))
+    if not spools:
+        print(f"nothing to sync: no spooled runs under {Path(args.dir).resolve()}")
+        return 0
+    try:
+        for folder in spools:
+            run_ids = sync_one(folder, args.to)
+            print(f"synced {folder.name}: {len(run_ids)} run(s) ({', '.join(run_ids)})")
+    except Lesson5Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
