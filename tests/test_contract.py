@@ -1,5 +1,6 @@
 """The bad-input contract, fuzzed (Hypothesis): any set of overrides either trains (a dry run of one step) or is
-refused with a lesson5 or Hydra error that names a key, before any MLflow run exists. Nothing else escapes.
+refused with a lesson5 or Hydra error that names a key (the CLI exits 2 for both), before any MLflow run exists.
+Nothing else escapes: no traceback.
 
 The CI profile draws LESSON5_FUZZ_EXAMPLES sets (default 60); BENCHMARKS.md records a long run:
     LESSON5_FUZZ_EXAMPLES=2000 .venv/bin/python -m pytest tests/test_contract.py -q
@@ -13,7 +14,6 @@ from hydra.errors import HydraException
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
-from omegaconf.errors import OmegaConfBaseException
 
 from lesson5 import compose
 from lesson5 import data as datasets
@@ -89,12 +89,12 @@ def test_any_overrides_train_or_are_refused_naming_a_key(tiny_data, overrides):
         conf = validate(cfg)
         device = pick_device(conf.trainer.device)
         data = datasets.build(conf.data)
-    except (Lesson5Error, HydraException, OmegaConfBaseException) as e:
+    except (Lesson5Error, HydraException) as e:  # what the CLI turns into exit code 2 (Hydra's own, since it exits 1)
         event(f"refused: {type(e).__name__}")
         assert _names_a_key(str(e), overrides), f"{overrides}: the error names no key: {e}"
         if isinstance(e, Lesson5Error) or "cfg" in locals():  # refused after composing: run() must leave no run
             before = _runs(store)
-            with pytest.raises((Lesson5Error, HydraException, OmegaConfBaseException)):
+            with pytest.raises((Lesson5Error, HydraException)):
                 run(cfg)
             assert _runs(store) == before, f"{overrides}: a refused input left an MLflow run"
         return
