@@ -69,7 +69,7 @@ def plot(finder: LRFinder, suggested: float) -> bytes:
     ax.axvline(suggested, color="tab:red", ls="--", label=f"suggested {suggested:.2e}")
     ax.set(xscale="log", xlabel="learning rate", ylabel="train loss (smoothed)", title="LR finder")
     ax.legend()
-    plots._margins(fig)
+    plots.fixed_margins(fig)
     return plots.png(fig)
 
 
@@ -80,6 +80,7 @@ def find(overrides: list[str], start_lr: float = 1e-7, end_lr: float = 10.0):
     from lesson5 import compose
     from lesson5 import data as datasets
     from lesson5.config import flatten, validate
+    from lesson5.outcome import FINISHED, outcome
     from lesson5.run import learner, pick_device
     from lesson5.tracking import Tracker
 
@@ -106,10 +107,9 @@ def find(overrides: list[str], start_lr: float = 1e-7, end_lr: float = 10.0):
             learn.fit(1)
         except BaseException as e:
             if rid is not None:
-                from lesson5.outcome import outcome
 
                 end = outcome(e)
-                tracker.end_run(rid, end.status, {"outcome": end.outcome, "stop_reason": end.reason or ""})
+                tracker.end_run(rid, end.status, end.tags())
             raise
         suggested = finder.suggestion()
         run_id = None
@@ -118,7 +118,7 @@ def find(overrides: list[str], start_lr: float = 1e-7, end_lr: float = 10.0):
                                 + [("lr_find_loss", v, i) for i, v in enumerate(finder.losses, 1)]
                                 + [("suggested_lr", suggested, 0)])
             tracker.log_files(rid, {"plots/lr_find.png": plot(finder, suggested)})
-            tracker.end_run(rid, "FINISHED", {"outcome": "finished", "suggested_lr": f"{suggested:.3g}"})
+            tracker.end_run(rid, "FINISHED", {**FINISHED.tags(), "suggested_lr": f"{suggested:.3g}"})
             run_id = tracker.run_info(rid).run_id
         return finder, suggested, run_id
     finally:

@@ -20,6 +20,10 @@ class Outcome:
     outcome: str  # the run's `outcome` tag
     reason: Optional[str] = None  # its `stop_reason` tag: why it did not finish
 
+    def tags(self) -> dict[str, str]:
+        """The tags a run ends with: its outcome, and why it stopped when it did not finish."""
+        return {"outcome": self.outcome, **({"stop_reason": self.reason[:5000]} if self.reason else {})}
+
 
 # First match wins. A class given by name ("module.Class") matches without importing its module: the trainer does
 # not import Optuna, whose pruners raise TrialPruned from a callback.

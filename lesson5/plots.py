@@ -14,7 +14,7 @@ Series = dict[str, list[tuple[int, float]]]
 MAX_POINTS = 2000  # per line; a 700-pixel-wide PNG shows no more, and drawing 7,000 costs ~0.1 s as each run ends
 
 
-def _margins(fig) -> None:
+def fixed_margins(fig) -> None:
     """Fixed margins that fit these plots' labels: tight_layout would lay all the text out twice (~40 ms a plot,
     spent while the command waits for its run to close)."""
     fig.subplots_adjust(left=0.12, right=0.87, bottom=0.12, top=0.92)
@@ -36,7 +36,7 @@ def loss_curve(series: Series):
         ax.plot(*zip(*series["valid_loss"]), "o-", label="valid loss (per epoch)")
     ax.set(xlabel="step", ylabel="loss", title="Loss")
     ax.legend()
-    _margins(fig)
+    fixed_margins(fig)
     return fig
 
 
@@ -49,7 +49,7 @@ def schedule(series: Series):
         ax2 = ax.twinx()
         ax2.plot(*_thin(series["momentum"]), color="tab:orange")
         ax2.set_ylabel("momentum", color="tab:orange")
-    _margins(fig)
+    fixed_margins(fig)
     return fig
 
 

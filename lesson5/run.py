@@ -152,23 +152,22 @@ def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[C
     conf = validate(cfg)
     for warning in ignored(conf, overrides):
         print(f"warning: {warning}", file=sys.stderr)
-    pick_device(conf.trainer.device)  # a missing device is refused before the tracker or the data
+    device = pick_device(conf.trainer.device)  # a missing device is refused before the tracker or the data
     own_tracker = tracker is None and conf.tracking.enabled
     if own_tracker:
         tracker = Tracker(conf.tracking.uri, offline=conf.tracking.mode is TrackingMode.offline)  # imports
         # MLflow in the writer while the data loads
     try:
-        return _run(cfg, conf, overrides, callbacks, tracker if conf.tracking.enabled else None, parent_run_id,
-                    tags or {}, end_tags or (lambda end: {}))
+        return _run(cfg, conf, device, overrides, callbacks, tracker if conf.tracking.enabled else None,
+                    parent_run_id, tags or {}, end_tags or (lambda end: {}))
     finally:
         if own_tracker:
             tracker.close()
 
 
-def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Sequence[Callback],
-         tracker: Optional[Tracker], parent_run_id: Optional[str], extra_tags: dict[str, str],
-         end_tags: Callable[[Outcome], dict[str, str]]) -> RunResult:
-    device = pick_device(conf.trainer.device)
+def _run(cfg: DictConfig, conf: Config, device: torch.device, overrides: Sequence[str],
+         callbacks: Sequence[Callback], tracker: Optional[Tracker], parent_run_id: Optional[str],
+         extra_tags: dict[str, str], end_tags: Callable[[Outcome], dict[str, str]]) -> RunResult:
     if conf.trainer.threads:
         torch.set_num_threads(conf.trainer.threads)
     data = datasets.build(conf.data)
@@ -202,7 +201,7 @@ def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Seq
                     files[name] = json.dumps(table).encode()
                 tracker.log_files(fold_rid, files)
                 if fold_rid != rid:
-                    tracker.end_run(fold_rid, "FINISHED", _tags(outcome(None)))
+                    tracker.end_run(fold_rid, "FINISHED", outcome(None).tags())
             fold_rid = None
         result = RunResult({**_summary(per_fold), **peak_memory()}, per_fold, model=learn.model)
         if tracker is not None:  # what the run lacks: a single fold's run has its own metrics already
@@ -215,15 +214,11 @@ def _run(cfg: DictConfig, conf: Config, overrides: Sequence[str], callbacks: Seq
         if tracker is not None:
             end = outcome(error)
             if fold_rid is not None and fold_rid != rid:
-                tracker.end_run(fold_rid, end.status, _tags(end))
+                tracker.end_run(fold_rid, end.status, end.tags())
             if rid is not None:
-                tracker.end_run(rid, end.status, {**_tags(end), **end_tags(end)})
+                tracker.end_run(rid, end.status, {**end.tags(), **end_tags(end)})
     if tracker is not None:
         info = tracker.run_info(rid)
         result.run_id, result.experiment_id, result.tracking_uri = info.run_id, info.experiment_id, tracker.uri
     return result
 
-
-def _tags(end: Outcome) -> dict[str, str]:
-    """The tags a run ends with: its outcome, and why it stopped when it did not finish."""
-    return {"outcome": end.outcome, **({"stop_reason": end.reason} if end.reason else {})}

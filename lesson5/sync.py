@@ -26,7 +26,7 @@ from lesson5.tracking.store import fail_fast_http
 def sync_one(folder: Path, to: Optional[str] = None) -> list[str]:
     """Replay one spool into its store; returns the MLflow run ids it holds. Raises TrackingError, keeping the
     spool, when the store cannot be reached or refuses a call."""
-    from lesson5.tracking.writer import Writer, _Run
+    from lesson5.tracking.writer import Writer, RunState
 
     target = (folder / "target").read_text().strip()
     uri = to or target
@@ -44,7 +44,7 @@ def sync_one(folder: Path, to: Optional[str] = None) -> list[str]:
                 if uri == target and str(msg.rid) not in state:
                     state[str(msg.rid)] = msg.run_id
                 if state.get(str(msg.rid)) and exists(state[str(msg.rid)]):
-                    w.runs[msg.rid] = _Run(state[str(msg.rid)], series=None)  # ended: kept for its children
+                    w.runs[msg.rid] = RunState(state[str(msg.rid)], series=None)  # ended: kept for its children
             elif isinstance(msg, StartRun):
                 if state.get(str(msg.rid)) and exists(state[str(msg.rid)]):
                     w.adopt(msg, state[str(msg.rid)])

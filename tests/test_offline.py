@@ -37,7 +37,7 @@ def contents(client, run):
 
 def test_offline_runs_arrive_complete_and_sync_twice_duplicates_nothing(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    online = run(compose([*tiny, "tracking.run_name=online"]))
+    run(compose([*tiny, "tracking.run_name=online"]))
     offline = run(compose([*tiny, "tracking.mode=offline", "tracking.run_name=offline"]))
     assert offline.run_id.startswith("offline-")
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

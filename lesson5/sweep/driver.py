@@ -171,10 +171,9 @@ class Sweep:
         trials = self.opt.get_trials(deepcopy=False)
         counted = [t for t in trials if stores.counts(t)]
         active = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-        states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                                   TrialState.FAIL)}
-        print(f"study {self.study_name}: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} "
-              f"pruned, {states[TrialState.FAIL]} failed, in {wall:.1f} s", file=sys.stderr)
+        count = report.state_counts(trials)
+        print(f"study {self.study_name}: {count['COMPLETE']} complete, {count['PRUNED']} pruned, {count['FAIL']} "
+              f"failed, in {wall:.1f} s", file=sys.stderr)
         client = self._client()
         complete = len(counted) >= self.study.n_trials and not active
         if interrupted or (crashed and not complete):

@@ -28,6 +28,12 @@ class Report:
     markdown_path: Optional[Path] = None
 
 
+def state_counts(trials) -> dict[str, int]:
+    """How many trials ended COMPLETE, PRUNED and FAIL."""
+    return {s.name: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                                 TrialState.FAIL)}
+
+
 def completed(opt: optuna.Study) -> list[tuple[dict, float]]:
     """(params, objective) of every COMPLETE trial."""
     return [(t.params, t.value) for t in opt.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
@@ -56,7 +62,7 @@ def plot_param(study: Study, name: str, trials: list[tuple[dict, float]], key: s
         ax.plot(*zip(*sorted(means)), "o-", color="tab:red", label="mean over seeds")
     ax.set(xlabel=key, ylabel=study.metric, title=f"{name}: {study.metric} against {key}")
     ax.legend()
-    plots._margins(fig)
+    plots.fixed_margins(fig)
     return plots.png(fig)
 
 
@@ -84,8 +90,7 @@ def build(opt: optuna.Study, study: Study) -> Report:
     else:
         verdict = judge(study.rule, trials, maximize)
     all_trials = opt.get_trials(deepcopy=False)
-    count = {s.name: sum(t.state == s for t in all_trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                                       TrialState.FAIL)}
+    count = state_counts(all_trials)
     epochs = [t.user_attrs["epochs"] for t in all_trials if "epochs" in t.user_attrs]
     lines = [f"# Study `{opt.study_name}` ({study.path.name})", "", f"**Claim.** {study.claim}", "",
              f"**Rule** (written in the study file before any result): `{study.rule}`", "",
@@ -135,11 +140,10 @@ def write(opt: optuna.Study, study: Study, *, client=None, parent_run_id: Option
 
         for name in [rep.markdown_path.name, *rep.plots]:
             client.log_artifact(parent_run_id, str(out_dir / name), "report")
-        trials = opt.get_trials(deepcopy=False)
         now = int(time.time() * 1000)
-        metrics = {f"trials_{s.name.lower()}": sum(t.state == s for t in trials)
-                   for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-        if any(t.state == TrialState.COMPLETE for t in trials):
+        count = state_counts(opt.get_trials(deepcopy=False))
+        metrics = {f"trials_{state.lower()}": n for state, n in count.items()}
+        if count["COMPLETE"]:
             metrics[f"best_{study.metric}"] = opt.best_value
         client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                          tags=[RunTag("verdict", rep.verdict.result), RunTag("verdict.summary", rep.verdict.summary)])

@@ -17,6 +17,7 @@ import time
 from typing import Any, Optional, Union
 
 from lesson5.errors import TrackingError
+from lesson5.outcome import Outcome
 from lesson5.tracking import writer
 from lesson5.tracking.messages import Close, Closed, EndRun, Failed, LogFiles, LogMetrics, Row, StartRun, Started
 from lesson5.tracking.spool import ROOT as SPOOL_ROOT
@@ -104,8 +105,8 @@ class Tracker:
     def close(self, timeout: float = 300.0) -> None:
         """Wait until the writer has written everything and closed every run, then stop it."""
         for rid in list(self._open):
-            self.end_run(rid, "KILLED", {"outcome": "error",
-                                         "stop_reason": "the trainer closed the tracker with this run still open"})
+            self.end_run(rid, "KILLED", Outcome("KILLED", "error",
+                                                "the trainer closed the tracker with this run still open").tags())
         self._inbox.put(Close())
         deadline = time.monotonic() + timeout
         closed = False

@@ -70,7 +70,9 @@ def fail_run(client, run_id: str, reason: str) -> None:
     """Close a run that its trainer or writer could not close as FAILED, saying why (client: an MlflowClient)."""
     from mlflow.entities import RunTag
 
-    client.log_batch(run_id, tags=[RunTag("outcome", "error"), RunTag("stop_reason", reason[:5000])])
+    from lesson5.outcome import Outcome
+
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in Outcome("FAILED", "error", reason).tags().items()])
     client.set_terminated(run_id, "FAILED")
 
 

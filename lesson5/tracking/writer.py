@@ -29,7 +29,7 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's system tag for nested runs
 
 
 @dataclass
-class _Run:
+class RunState:
     run_id: str
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> (step, value), for plots
     tables: dict[str, object] = field(default_factory=dict)  # JSON artifacts by path, for plots
@@ -40,7 +40,7 @@ class Writer:
 
     def __init__(self, uri: str):
         self.client = open_client(uri)
-        self.runs: dict[int, _Run] = {}
+        self.runs: dict[int, RunState] = {}
 
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -77,7 +77,7 @@ class Writer:
         """Take `run_id` as local run msg.rid and log its params and files (again, for a synced run: idempotent)."""
         from mlflow.entities import Param
 
-        self.runs[msg.rid] = _Run(run_id)
+        self.runs[msg.rid] = RunState(run_id)
         self._log_batch(run_id, "params", [Param(k, v[:6000]) for k, v in msg.params.items()])
         self.files(LogFiles(msg.rid, msg.files))
 
