@@ -9,7 +9,9 @@ tracking included, as a user waits for it. Cases:
   fastai        collab_learner(n_factors=40, y_range=(0, 5.5), wd=0.1); fit_one_cycle(5, 5e-3); bs 64, 10% valid
                 (its loader draws each epoch's rows with replacement, hence its higher RMSE: bench_quality.py)
   lesson5       `python -m lesson5 tracking=none`: the same recipe (the defaults)
-  lesson5+mlflow  `python -m lesson5`, tracked into a SQLite store (new on the first repeat, then reused)
+  lesson5+mlflow  `python -m lesson5`, tracked into a SQLite store (new on the first repeat, then reused),
+                the trained model logged as an MLflow model (tracking.log_model=true, the default)
+  mlflow-model  the same with tracking.log_model=false: what logging the MLflow model costs
   collab_fast   `python -m lesson5 experiment=collab_fast tracking=none`
   before, before+mlflow   with --before REV: the first two lesson5 cases run from a checkout of git revision REV
                 (a temporary `git worktree`, same venv), to compare a change with what it replaced
@@ -77,7 +79,7 @@ def case_sweep_trials(store: str, repeats: int) -> dict:
     from lesson5.tracking import Tracker
 
     off = compose(["trainer.progress=false", "tracking=none"])
-    on = compose(["trainer.progress=false", f"tracking.uri=sqlite:///{store}/sweep.db"])
+    on = compose(["trainer.progress=false", f"tracking.uri=sqlite:///{store}/sweep.db", "tracking.log_model=false"])
     tracker = Tracker(on.tracking.uri)
     times: dict[str, list[float]] = {"off": [], "on": []}
     try:
@@ -98,6 +100,7 @@ def cases(with_fastai: bool, store: str, before: Optional[Path]) -> dict[str, tu
     untracked, tracked = ["tracking=none"], [f"tracking.uri=sqlite:///{store}/mlflow.db", "tracking.experiment=bench"]
     out["lesson5"] = (ROOT, untracked)
     out["lesson5+mlflow"] = (ROOT, tracked)
+    out["mlflow-model"] = (ROOT, [*tracked, "tracking.log_model=false"])
     if before is not None:
         out["before"] = (before, untracked)
         out["before+mlflow"] = (before, [f"tracking.uri=sqlite:///{store}/before.db", "tracking.experiment=bench"])
@@ -177,6 +180,7 @@ def main() -> None:
               f"{med[base]['command_s'] / m['command_s']:>8.1f}x{m['valid_rmse']:>12.4f}")
     print()
     for label, (on, off) in {"tracking overhead": ("lesson5+mlflow", "lesson5"),
+                             "logging the MLflow model": ("lesson5+mlflow", "mlflow-model"),
                              "tracking overhead, before": ("before+mlflow", "before"),
                              "this tree against before, untracked": ("lesson5", "before"),
                              "this tree against before, tracked": ("lesson5+mlflow", "before+mlflow")}.items():
@@ -184,7 +188,7 @@ def main() -> None:
             a, b = med[on], med[off]
             print(f"{label}: fit {100 * (a['fit_s'] / b['fit_s'] - 1):+.1f}%, whole command "
                   f"{100 * (a['command_s'] / b['command_s'] - 1):+.1f}% ({a['command_s'] - b['command_s']:+.2f} s)")
-    print(f"sweep trials (run(cfg) in one process, one shared writer): untracked {trials['off']:.2f} s, "
+    print(f"sweep trials (run(cfg) in one process, one shared writer, no MLflow model): untracked {trials['off']:.2f} s, "
           f"tracked {trials['on']:.2f} s, {100 * (trials['on'] / trials['off'] - 1):+.1f}% per trial")
 
 

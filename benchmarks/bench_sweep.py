@@ -63,7 +63,7 @@ def main() -> None:
               f"(target <= 15%); {100 * (1 - train / (args.workers * wall)):.1f}% of the command's, which adds "
               f"the driver's start-up and the report")
         client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-        exp = client.get_experiment_by_name("lesson5")
+        exp = client.get_experiment_by_name("lesson5-movielens")
         runs = client.search_runs([exp.experiment_id], max_results=1000)
         children = [r for r in runs if r.data.tags.get("optuna.study") == name and "optuna.trial" in r.data.tags]
         parents = [r for r in runs if r.data.tags.get("optuna.study") == name and "optuna.trial" not in r.data.tags]

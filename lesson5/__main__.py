@@ -40,7 +40,7 @@ def report(result, spooled=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from lesson5.tracking import ui_command
+    from lesson5.tracking import ui_command, ui_link
 
     console = Console()
     table = Table(title="lesson5 results")
@@ -57,9 +57,8 @@ def report(result, spooled=None) -> None:
         console.print(f"MLflow run {result.run_id} (experiment {result.experiment_id}) in {result.tracking_uri}",
                       highlight=False, soft_wrap=True)
         console.print(f"Open the UI: {ui_command(result.tracking_uri)}", highlight=False, soft_wrap=True)
-        if not result.tracking_uri.startswith("http"):
-            console.print(f"  then http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}",
-                          highlight=False, soft_wrap=True)
+        console.print(f"  then {ui_link(result.tracking_uri, result.experiment_id)}", highlight=False,
+                      soft_wrap=True)
     else:
         console.print("Tracking is off (tracking=none): nothing was stored.")
 
@@ -78,8 +77,8 @@ def main(cfg: DictConfig) -> None:
     try:
         conf = validate(cfg)
         # Start the MLflow writer before importing torch: its own imports and store setup overlap ours.
-        tracker = Tracker(conf.tracking.uri, offline=conf.tracking.mode.value == "offline") \
-            if conf.tracking.enabled else None
+        tracker = Tracker(conf.tracking.uri, offline=conf.tracking.mode.value == "offline",
+                          models=conf.tracking.log_model) if conf.tracking.enabled else None
         try:
             from lesson5.run import run
 

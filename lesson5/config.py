@@ -60,6 +60,16 @@ class TrackingMode(str, Enum):
     offline = "offline"  # spool runs locally, for `python -m lesson5.sync` later
 
 
+class Pool(str, Enum):
+    concat = "concat"  # adaptive average and max pooling side by side (fastai's head)
+    avg = "avg"
+
+
+class ImageSource(str, Enum):
+    fashion_mnist = "fashion_mnist"
+    mnist = "mnist"
+
+
 class ScheduleName(str, Enum):
     constant = "constant"
     one_cycle = "one_cycle"
@@ -113,6 +123,28 @@ class MlpConf(ModelConf):
     batchnorm: bool = False
 
 
+@dataclass
+class VisionConf(ModelConf):
+    """A pretrained body with fastai's head (lesson5.models.vision)."""
+
+    # imagenet, none, a checkpoint file, or an MLflow run id / runs:/<id> of a lesson5 run (its weights.pt)
+    weights: str = "imagenet"
+    pool: Pool = Pool.concat
+    hidden: int = _check(lambda v: v >= 1, "an integer >= 1", 512)
+    dropout: List[float] = _check(lambda v: len(v) == 2 and all(0.0 <= p < 1.0 for p in v),
+                                  "two probabilities in [0, 1)", factory=lambda: [0.25, 0.5])
+
+
+@dataclass
+class Resnet34Conf(VisionConf):
+    name: str = "resnet34"
+
+
+@dataclass
+class EfficientNetLite0Conf(VisionConf):
+    name: str = "efficientnet_lite0"
+
+
 # ---- data --------------------------------------------------------------------------------------------------
 
 
@@ -159,6 +191,24 @@ class ImageDataConf(DataConf):
     )
 
 
+@dataclass
+class ImagesConf(DataConf):
+    """Images for fine-tuning (lesson5.data.images): data.path, or upscaled Fashion-MNIST / MNIST offline."""
+
+    name: str = "images"
+    # A flat folder's labels: the first group of this regex on each file name (Pets: '^(.+)_\\d+\\.jpg$').
+    label_regex: Optional[str] = None
+    size: int = _check(lambda v: v >= 16, "an integer >= 16 (pixels)", 64)
+    valid_pct: float = _check(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.2)
+    # Without data.path: these many images of this grey data set, stretched to `size` px and 3 channels.
+    source: ImageSource = ImageSource.fashion_mnist
+    n_train: int = _check(lambda v: v >= 1, "an integer >= 1", 2000)
+    n_valid: int = _check(lambda v: v >= 1, "an integer >= 1", 500)
+    augment: bool = True
+    skip_corrupt: bool = True  # skip (with a warning, counted in the run) images PIL cannot read; false: refuse
+    num_workers: int = _check(lambda v: v >= 0, "an integer >= 0", 0)
+
+
 # ---- optimizer, schedule -----------------------------------------------------------------------------------
 
 
@@ -198,6 +248,18 @@ class LossConf:
 
 
 @dataclass
+class StageConf:
+    """One fit of a run: `frozen` trains only the head (and BatchNorm, with trainer.train_bn)."""
+
+    name: str = "fit"
+    epochs: int = _check(lambda v: v >= 1, "an integer >= 1", 1)
+    # a number, slice(b), slice(a,b) or one lr per layer group (lesson5.slices)
+    lr: Any = 1e-3
+    frozen: bool = False
+    schedule: Optional[ScheduleName] = None  # null: the run's schedule
+
+
+@dataclass
 class TrainerConf:
     epochs: int = _check(lambda v: v >= 1, "an integer >= 1", 5)
     bs: int = _check(lambda v: v >= 1, "an integer >= 1", 64)
@@ -211,6 +273,12 @@ class TrainerConf:
     progress: bool = True
     # A run fails as diverged when its loss is NaN/inf or exceeds this many times its first step's (0: off).
     diverge_factor: float = _check(lambda v: v == 0 or v > 1, "0 (off) or a number > 1", 100.0)
+    # Fits in turn, in one run (fine-tuning: frozen, then unfrozen); empty: one fit of `epochs` at optim.lr.
+    stages: List[StageConf] = field(default_factory=list)
+    slice_div: float = _check(lambda v: v >= 1, "a number >= 1", 3.0)  # slice(b): the other groups get b/slice_div
+    train_bn: bool = True  # BatchNorm layers of frozen groups keep training (fastai's default)
+    amp: bool = False  # CUDA only: bfloat16 autocast
+    channels_last: bool = False  # CUDA only: the channels-last memory format for conv nets
 
 
 @dataclass
@@ -220,8 +288,12 @@ class TrackingConf:
     mode: TrackingMode = TrackingMode.online
     # null: sqlite:///mlflow.db in the directory the command runs from (MLflow's embedded default).
     uri: Optional[str] = None
-    experiment: str = _check(lambda v: bool(v.strip()), "a non-empty name", "lesson5")
+    # null: one experiment per data set, lesson5-<data.name>, so that the UI compares like with like.
+    experiment: Optional[str] = _check(lambda v: v is None or bool(v.strip()), "null or a non-empty name", None)
+    # null: the model, the optimizer and the command's overrides, e.g. "collab adam wd=0.01" (lesson5.naming).
     run_name: Optional[str] = None
+    # Log the trained model as an MLflow model (mlflow.pytorch.load_model("runs:/<id>/model") and the registry).
+    log_model: bool = True
     # Per-step values (train_loss_step, lr, momentum) are logged at every n-th step and at each epoch's last.
     log_every_n_steps: int = _check(lambda v: v >= 1, "an integer >= 1", 10)
     # Per-step values are sent to the writer in chunks of this many steps.
@@ -249,8 +321,11 @@ def register() -> None:
     cs.store(group="model", name="base_collab", node=CollabConf)
     cs.store(group="model", name="base_logistic", node=LogisticConf)
     cs.store(group="model", name="base_mlp", node=MlpConf)
+    cs.store(group="model", name="base_resnet34", node=Resnet34Conf)
+    cs.store(group="model", name="base_efficientnet_lite0", node=EfficientNetLite0Conf)
+    cs.store(group="data", name="base_images", node=ImagesConf)
     cs.store(group="data", name="base_movielens", node=MovieLensConf)
-    cs.store(group="data", name="base_images", node=ImageDataConf)
+    cs.store(group="data", name="base_grey", node=ImageDataConf)
     cs.store(group="optim", name="base_optim", node=OptimConf)
     cs.store(group="schedule", name="base_schedule", node=ScheduleConf)
     cs.store(group="trainer", name="base_trainer", node=TrainerConf)
@@ -290,18 +365,40 @@ def _problems(obj: Any, prefix: str) -> List[str]:
 
 
 # What each model reads, and the data options that give it.
-_DATA_FOR = {CollabConf: (MovieLensConf, "ratings", "data=movielens"),
-             LogisticConf: (ImageDataConf, "images", "data=mnist or data=fashion_mnist"),
-             MlpConf: (ImageDataConf, "images", "data=mnist or data=fashion_mnist")}
+_FLAT = (ImageDataConf, "flat 28x28 images", "data=mnist or data=fashion_mnist")
+_PHOTOS = (ImagesConf, "3-channel images", "data=images")
+_DATA_FOR = {CollabConf: (MovieLensConf, "ratings", "data=movielens"), LogisticConf: _FLAT, MlpConf: _FLAT,
+             Resnet34Conf: _PHOTOS, EfficientNetLite0Conf: _PHOTOS}
+_GIVES = {MovieLensConf: "ratings", ImageDataConf: "flat 28x28 images", ImagesConf: "3-channel images"}
 
 
 def _mismatch(obj: Config) -> List[str]:
     """A model given data it cannot read (collab needs ratings, the image models images)."""
     wanted = _DATA_FOR.get(type(obj.model))
-    if wanted is None or isinstance(obj.data, wanted[0]):
+    if wanted is None or type(obj.data) is wanted[0]:
         return []
-    gives = "ratings" if isinstance(obj.data, MovieLensConf) else "images"
+    gives = _GIVES.get(type(obj.data), "other data")
     return [f"model={obj.model.name} needs {wanted[1]}, but data={obj.data.name} gives {gives}: add {wanted[2]}"]
+
+
+def _stage_problems(obj: Config) -> List[str]:
+    """Stages whose lr does not fit the model's layer groups, that freeze a model with nothing to freeze, or that
+    share a name (metrics are logged under it)."""
+    from lesson5 import slices
+    from lesson5.models import GROUPS
+
+    groups = GROUPS.get(obj.model.name, 1)
+    out, names = [], [s.name for s in obj.trainer.stages]
+    for i, stage in enumerate(obj.trainer.stages):
+        key = f"trainer.stages.{i}"
+        out += _problems(stage, key + ".")
+        out += [f"{key}.lr={stage.lr!r} is not allowed: {p}" for p in slices.problems(stage.lr, groups,
+                                                                                        obj.trainer.slice_div)]
+        if stage.frozen and groups < 2:
+            out.append(f"{key}.frozen=true: model={obj.model.name} has one layer group, nothing to freeze")
+        if not stage.name.strip() or "/" in stage.name or names.count(stage.name) > 1:
+            out.append(f"{key}.name={stage.name!r}: stage names must be distinct, non-empty and without '/'")
+    return out
 
 
 # Keys that the chosen components ignore: (key, whether it is ignored, by what, what to do instead).
@@ -317,7 +414,9 @@ _IGNORED = [
     *[(f"schedule.{k}", lambda c: c.schedule.name is ScheduleName.constant, lambda c: "schedule=constant",
        "use schedule=one_cycle") for k in ("pct_start", "div", "div_final", "moms")],
     *[(f"tracking.{k}", lambda c: not c.tracking.enabled, lambda c: "tracking=none", "drop tracking=none to track")
-      for k in ("uri", "experiment", "run_name", "log_every_n_steps", "flush_every")],
+      for k in ("uri", "experiment", "run_name", "log_model", "log_every_n_steps", "flush_every")],
+    *[(k, lambda c: bool(c.trainer.stages), lambda c: "trainer.stages", "set each stage's epochs and lr")
+      for k in ("trainer.epochs", "optim.lr")],
     ("data.valid_pct", lambda c: isinstance(c.data, MovieLensConf) and c.data.split is not Split.random
      and not c.data.valid_from_train, lambda c: f"data.split={c.data.split.value}",
      "it validates on GroupLens' test folds; add data.valid_from_train=true to carve a validation set"),
@@ -334,7 +433,7 @@ def ignored(conf: Config, overrides: Sequence[str]) -> List[str]:
 def validate(cfg: DictConfig) -> Config:
     """Turn a composed config into typed dataclasses, or raise ConfigError naming every bad key."""
     obj = OmegaConf.to_object(cfg)
-    problems = _problems(obj, "") + _mismatch(obj)
+    problems = _problems(obj, "") + _mismatch(obj) + _stage_problems(obj)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems) + "\nFix the key(s) on the command line or in conf/.")
     return obj

@@ -53,7 +53,8 @@ class Learner:
     """
 
     def __init__(self, model: nn.Module, train: Batches, valid: Batches, *, opt, loss_fn, seed: int,
-                 callbacks: Sequence[Callback] = (), diverge_factor: float = 0.0):
+                 callbacks: Sequence[Callback] = (), diverge_factor: float = 0.0, amp: bool = False,
+                 channels_last: bool = False):
         self.model, self.train, self.valid = model, train, valid
         self.opt, self.loss_fn = opt, loss_fn
         self.loss_name = model.loss
@@ -67,6 +68,8 @@ class Learner:
         self.valid_out: Optional[Tensor] = None  # the latest epoch's validation outputs and targets
         self.valid_y: Optional[Tensor] = None
         self.train_seconds = 0.0  # over every fit
+        self.epoch_seconds = 0.0  # the latest epoch's training, validation excluded
+        self.amp, self.channels_last = amp, channels_last  # CUDA options (trainer.amp, trainer.channels_last)
         self.diverge_factor = diverge_factor
         self.start_loss: Optional[float] = None  # the first step's loss, the yardstick for divergence
 
@@ -94,6 +97,22 @@ class Learner:
                 f"train_loss became {window[bad].item():.4g}{why} at epoch {self.epoch + 1}, step {step}: the run "
                 f"diverged. Lower optim.lr (max lr now {self.opt.param_groups[-1]['max_lr']:g}) or add weight decay.")
 
+    def _forward(self):
+        """The model's forward for training: the module itself, or wrapped for bfloat16 autocast and
+        channels-last inputs."""
+        model = self.model
+        if not (self.amp or self.channels_last):
+            return model
+        device = next(model.parameters()).device.type
+
+        def forward(x):
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=self.amp):
+                return model(x).float()
+
+        return forward
+
     def fit(self, epochs: int, lrs: Optional[Sequence[float]] = None) -> dict[str, float]:
         """Train for `epochs`, validating after each; returns the last epoch's metrics.
 
@@ -104,16 +123,17 @@ class Learner:
                 g["lr"] = g["max_lr"] = lr
         self.epochs, self.fit_step, self.total_steps = epochs, 0, epochs * len(self.train)
         hooks = {event: self._hooks(event) for event in EVENTS}
-        model, loss_fn = self.model, self.loss_fn
+        model, loss_fn = self._forward(), self.loss_fn
         opt_step = optim.stepper(self.opt)
         params = [p for g in self.opt.param_groups for p in g["params"]]
         start, done_before = time.perf_counter(), self.train_seconds
-        model.train()
+        self.model.train()
         try:
             for hook in hooks["before_fit"]:
                 hook(self)
             for self.epoch in range(epochs):
                 self.epoch_losses = []
+                epoch_start = time.perf_counter()
                 for hook in hooks["before_epoch"]:
                     hook(self)
                 for self.xb, self.yb in self.train.epoch(self.gen):
@@ -135,7 +155,8 @@ class Learner:
                 tail = len(self.epoch_losses) % CHECK_EVERY
                 if tail:
                     self._check_finite(self.epoch_losses[-tail:])
-                train_loss = torch.stack(self.epoch_losses).mean().item()
+                train_loss = torch.stack(self.epoch_losses).mean().item()  # waits for the device: epoch ends here
+                self.epoch_seconds = time.perf_counter() - epoch_start
                 self.valid_out, self.valid_y = predict(model, self.valid)
                 self.metrics = {"train_loss": train_loss, **METRICS[self.loss_name](self.valid_out, self.valid_y)}
                 self.train_seconds = done_before + time.perf_counter() - start

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import sys
 
+from lesson5 import naming
 from lesson5.learner import Callback, CancelFit
 
 SMOOTH = 0.98  # fastai's exponential smoothing of the loss
@@ -100,7 +101,7 @@ def find(overrides: list[str], start_lr: float = 1e-7, end_lr: float = 10.0):
         learn.diverge_factor = 0.0  # the finder stops the pass itself when the loss explodes
         rid = None
         if tracker is not None:
-            rid = tracker.start_run(experiment=conf.tracking.experiment,
+            rid = tracker.start_run(experiment=naming.experiment_name(conf),
                                     name=conf.tracking.run_name or f"lr_find {conf.model.name}",
                                     params=flatten(cfg), tags={"lesson5.kind": "lr_find", "model": conf.model.name})
         try:

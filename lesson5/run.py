@@ -7,6 +7,7 @@ the status and `outcome` tag that `lesson5.outcome` gives for how it ended.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import platform
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import lesson5
 from lesson5 import data as datasets
-from lesson5 import losses, metrics, models, optim
+from lesson5 import losses, metrics, models, naming, optim, stages
 from lesson5.callbacks import ProgressBar, Recorder, TrackMetrics
 from lesson5.config import Config, TrackingMode, flatten, ignored, validate
 from lesson5.errors import ConfigError
@@ -86,36 +87,54 @@ def peak_memory() -> dict[str, float]:
     return out
 
 
-def learner(conf: Config, data: datasets.Data, fold: datasets.Fold, device: torch.device,
-            callbacks: Sequence[Callback], schedule: bool = True) -> Learner:
-    """A fresh model and optimizer for one fold, in a Learner with the schedule (unless `schedule` is False: a
-    callback of the caller's sets the lr) and a Recorder (`learn.recorder`)."""
+def build_model(conf: Config, data: datasets.Data, device: torch.device) -> torch.nn.Module:
+    """A fresh, seeded model on the device; weights given as a run id are read from conf's tracking store."""
     seed_everything(conf.trainer.seed)
-    model = models.build(conf.model, data).to(device)
+    model = models.build(conf.model, data, conf.tracking.uri).to(device)
+    if conf.trainer.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def learner(conf: Config, data: datasets.Data, fold: datasets.Fold, device: torch.device,
+            callbacks: Sequence[Callback], schedule: bool = True, model: Optional[torch.nn.Module] = None) -> Learner:
+    """A Learner for one fold, on `model` or a fresh one, with a new optimizer, the schedule (unless `schedule` is
+    False: a callback of the caller's sets the lr; else `learn.scheduler`) and a Recorder (`learn.recorder`)."""
+    model = model if model is not None else build_model(conf, data, device)
     groups = model.layer_groups()
     opt = optim.build(conf.optim, groups, [conf.optim.lr] * len(groups))
     mom_key = optim.momentum_key(conf.optim)
     recorder = Recorder(mom_key)
-    cbs = [recorder, *callbacks] + ([ParamScheduler(conf.schedule, mom_key)] if schedule else [])
-    bs = conf.trainer.bs
-    learn = Learner(model, datasets.batches(fold.train, bs, device, train=True),
-                    datasets.batches(fold.valid, bs, device, train=False), opt=opt, seed=conf.trainer.seed,
-                    loss_fn=losses.build(model.loss, conf.loss.impl), callbacks=cbs,
-                    diverge_factor=conf.trainer.diverge_factor)
-    learn.recorder = recorder
+    scheduler = ParamScheduler(conf.schedule, mom_key) if schedule else None
+    bs, workers = conf.trainer.bs, getattr(conf.data, "num_workers", 0)
+    cuda = device.type == "cuda"
+    learn = Learner(model, datasets.batches(fold.train, bs, device, train=True, num_workers=workers),
+                    datasets.batches(fold.valid, bs, device, train=False, num_workers=workers), opt=opt,
+                    seed=conf.trainer.seed, loss_fn=losses.build(model.loss, conf.loss.impl),
+                    callbacks=[recorder, *callbacks, *([scheduler] if scheduler else [])],
+                    diverge_factor=conf.trainer.diverge_factor, amp=conf.trainer.amp and cuda,
+                    channels_last=conf.trainer.channels_last and cuda)
+    learn.recorder, learn.scheduler = recorder, scheduler
     return learn
 
 
 def fit_fold(conf: Config, data: datasets.Data, fold: datasets.Fold, device: torch.device,
-             callbacks: Sequence[Callback], tracker: Optional[Tracker] = None, rid: Optional[int] = None) -> Learner:
-    """Build a fresh model and optimizer for one fold and train it, tracked into run `rid` when given."""
+             callbacks: Sequence[Callback], tracker: Optional[Tracker] = None, rid: Optional[int] = None,
+             model: Optional[torch.nn.Module] = None) -> Learner:
+    """Train `model` (or a fresh one) on one fold, stage after stage, tracked into run `rid` when given.
+    `learn.stages` holds each stage's StageResult; with explicit stages, each is logged under its name."""
     cbs = list(callbacks)
     if conf.trainer.progress:
         cbs.append(ProgressBar(label=f"{fold.name} " if len(data.folds) > 1 else ""))
-    learn = learner(conf, data, fold, device, cbs)
+    learn = learner(conf, data, fold, device, cbs, model=model)
     if rid is not None:  # added after: it needs the learner's recorder
         learn.add(TrackMetrics(tracker, rid, learn.recorder, conf.tracking.log_every_n_steps, conf.tracking.flush_every))
-    learn.fit(conf.trainer.epochs)
+    learn.stages = []
+    for stage in stages.plan(conf):
+        result = stages.fit(learn, stage, conf, learn.scheduler, device)
+        learn.stages.append(result)
+        if rid is not None and conf.trainer.stages:
+            tracker.log_metrics(rid, [(k, v, learn.step) for k, v in result.rows().items()])
     return learn
 
 
@@ -123,6 +142,34 @@ def _weights(model: torch.nn.Module) -> bytes:
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
     return buf.getvalue()
+
+
+def _example(part, n: int = 5) -> torch.Tensor:
+    """The first n inputs of a fold's part ((x, y) tensors or a Dataset of (x, y) pairs)."""
+    if isinstance(part, (tuple, list)):
+        return part[0][:n]
+    return torch.stack([part[i][0] for i in range(min(n, len(part)))])
+
+
+def _mlflow_model(model: torch.nn.Module, fold: datasets.Fold) -> bytes:
+    """The payload of an MLflow model: the CPU model in eval mode and an example batch with its output (for the
+    signature), pickled here so that the writer, not the trainer, pays for MLflow's model code."""
+    x = _example(fold.valid)
+    model = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        out = model(x)
+    buf = io.BytesIO()
+    torch.save({"model": model, "input": x, "output": out}, buf)
+    return buf.getvalue()
+
+
+def _dataset(conf: Config, data: datasets.Data) -> dict[str, str]:
+    """The run's MLflow dataset input: the data set's name, content digest, source and size."""
+    info = data.info
+    profile = {k: v for k, v in info.items() if k.startswith("n_")}
+    return {"name": str(info.get("variant", conf.data.name)), "digest": str(info.get("digest", "unknown")),
+            "source": str(info.get("source", conf.data.name)), "source_type": "local",
+            "profile": json.dumps(profile)}
 
 
 def _summary(per_fold: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -155,7 +202,8 @@ def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[C
     device = pick_device(conf.trainer.device)  # a missing device is refused before the tracker or the data
     own_tracker = tracker is None and conf.tracking.enabled
     if own_tracker:
-        tracker = Tracker(conf.tracking.uri, offline=conf.tracking.mode is TrackingMode.offline)  # imports
+        tracker = Tracker(conf.tracking.uri, offline=conf.tracking.mode is TrackingMode.offline,
+                          models=conf.tracking.log_model)  # imports
         # MLflow in the writer while the data loads
     try:
         return _run(cfg, conf, device, overrides, callbacks, tracker if conf.tracking.enabled else None,
@@ -171,16 +219,23 @@ def _run(cfg: DictConfig, conf: Config, device: torch.device, overrides: Sequenc
     if conf.trainer.threads:
         torch.set_num_threads(conf.trainer.threads)
     data = datasets.build(conf.data)
+    first_model = build_model(conf, data, device)  # before the run exists: bad weights are refused here
     rid = None
+    experiment = naming.experiment_name(conf)
     if tracker is not None:
         params = {**flatten(cfg), **{f"data.info.{k}": v for k, v in data.info.items()}}
-        tags = {"overrides": " ".join(overrides) or "(defaults)", "git_commit": git_commit(),
-                "torch_version": torch.__version__, "lesson5_version": lesson5.__version__,
-                "python_version": platform.python_version(), "device": str(device),
-                "seed": str(conf.trainer.seed), "model": conf.model.name, "data": conf.data.name, **extra_tags}
+        name = naming.run_name(conf, overrides)
+        tags = {"overrides": " ".join(overrides) or "(defaults)", "torch_version": torch.__version__,
+                "lesson5_version": lesson5.__version__, "python_version": platform.python_version(),
+                "device": str(device), "seed": str(conf.trainer.seed), "model": conf.model.name,
+                "data": conf.data.name, "seed_group": naming.seed_group(conf, params),
+                "mlflow.source.name": naming.source_name(), "mlflow.source.type": "LOCAL",
+                "mlflow.source.git.commit": git_commit(), "mlflow.note.content": naming.note(conf, name, overrides),
+                **extra_tags}
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True).encode()
-        rid = tracker.start_run(experiment=conf.tracking.experiment, name=conf.tracking.run_name, params=params,
-                                tags=tags, files={"config.yaml": config_yaml}, parent=parent_run_id)
+        rid = tracker.start_run(experiment=experiment, name=name, params=params, tags=tags,
+                                files={"config.yaml": config_yaml}, parent=parent_run_id,
+                                datasets=[_dataset(conf, data)])
         if parent_run_id is not None and parent_run_id not in tracker.parents_seen:
             tracker.run_info(rid)  # a parent that does not exist fails here, before any training
             tracker.parents_seen.add(parent_run_id)  # later runs under it (a worker's trials) need not wait
@@ -190,16 +245,21 @@ def _run(cfg: DictConfig, conf: Config, device: torch.device, overrides: Sequenc
         for fold in data.folds:
             fold_rid = rid
             if tracker is not None and len(data.folds) > 1:
-                fold_rid = tracker.start_run(experiment=conf.tracking.experiment, name=fold.name, params={},
+                fold_rid = tracker.start_run(experiment=experiment, name=fold.name, params={},
                                              tags={"fold": fold.name}, parent=rid)
-            learn = fit_fold(conf, data, fold, device, callbacks, tracker, fold_rid)
-            per_fold[fold.name] = {**learn.metrics, "train_seconds": learn.train_seconds}
+            learn = fit_fold(conf, data, fold, device, callbacks, tracker, fold_rid, first_model)
+            first_model = None
+            per_fold[fold.name] = {**learn.metrics, "train_seconds": learn.train_seconds,
+                                   **({k: v for r in learn.stages for k, v in r.rows().items()}
+                                      if conf.trainer.stages else {})}
             if fold_rid is not None:
                 tracker.log_metrics(fold_rid, [("train_seconds", learn.train_seconds, learn.step)])
-                files = {"model/weights.pt": _weights(learn.model)}
+                files = {"weights.pt": _weights(learn.model)}
                 for name, table in metrics.tables(learn.valid_out, learn.valid_y, learn.loss_name).items():
                     files[name] = json.dumps(table).encode()
                 tracker.log_files(fold_rid, files)
+                if conf.tracking.log_model:
+                    tracker.log_model(fold_rid, _mlflow_model(learn.model, fold))
                 if fold_rid != rid:
                     tracker.end_run(fold_rid, "FINISHED", outcome(None).tags())
             fold_rid = None

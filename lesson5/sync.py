@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from lesson5.errors import Lesson5Error, TrackingError
-from lesson5.tracking.messages import EndRun, LogFiles, LogMetrics, StartRun
+from lesson5.tracking.messages import StartRun
 from lesson5.tracking.spool import ROOT, Known, pending, read
 from lesson5.tracking.store import fail_fast_http
 
@@ -26,7 +26,7 @@ from lesson5.tracking.store import fail_fast_http
 def sync_one(folder: Path, to: Optional[str] = None) -> list[str]:
     """Replay one spool into its store; returns the MLflow run ids it holds. Raises TrackingError, keeping the
     spool, when the store cannot be reached or refuses a call."""
-    from lesson5.tracking.writer import Writer, RunState
+    from lesson5.tracking.writer import HANDLERS, RunState, Writer
 
     target = (folder / "target").read_text().strip()
     uri = to or target
@@ -44,15 +44,16 @@ def sync_one(folder: Path, to: Optional[str] = None) -> list[str]:
                 if uri == target and str(msg.rid) not in state:
                     state[str(msg.rid)] = msg.run_id
                 if state.get(str(msg.rid)) and exists(state[str(msg.rid)]):
-                    w.runs[msg.rid] = RunState(state[str(msg.rid)], series=None)  # ended: kept for its children
+                    w.runs[msg.rid] = RunState(state[str(msg.rid)], "", series=None)  # ended: kept for its children
             elif isinstance(msg, StartRun):
                 if state.get(str(msg.rid)) and exists(state[str(msg.rid)]):
-                    w.adopt(msg, state[str(msg.rid)])
+                    run_id = state[str(msg.rid)]
+                    w.adopt(msg, run_id, w.client.get_run(run_id).info.experiment_id)
                 else:
                     state[str(msg.rid)] = w.start(msg).run_id
                     state_path.write_text(json.dumps(state))  # before anything else: a rerun reuses the run
-            elif isinstance(msg, (LogMetrics, LogFiles, EndRun)) and msg.rid in w.runs:
-                {LogMetrics: w.metrics, LogFiles: w.files, EndRun: w.end}[type(msg)](msg)
+            elif type(msg) in HANDLERS and msg.rid in w.runs:
+                HANDLERS[type(msg)](w, msg)
     except Exception as e:  # noqa: BLE001 - the spool stays for another try
         state_path.write_text(json.dumps(state))
         raise TrackingError(f"syncing {folder} into {uri} failed ({type(e).__name__}: {e}); the spool is kept, "

@@ -123,10 +123,11 @@ def test_cli_out_of_range_value_exits_nonzero_with_the_key(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, fix", [
-    (["model=mlp"], "add data=mnist or data=fashion_mnist"),
+    (["model=mlp", "data=movielens"], "add data=mnist or data=fashion_mnist"),
     (["model=logistic", "data=movielens"], "add data=mnist or data=fashion_mnist"),
     (["model=collab", "data=mnist"], "add data=movielens"),
-], ids=["mlp on ratings", "logistic on ratings", "collab on images"])
+    (["model=resnet34", "data=mnist"], "add data=images"),
+], ids=["mlp on ratings", "logistic on ratings", "collab on images", "resnet34 on flat images"])
 def test_a_model_given_data_it_cannot_read_says_which_data_to_use(overrides, fix, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(datasets, "build", lambda conf: pytest.fail("data fetched before the check"))

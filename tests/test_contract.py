@@ -80,7 +80,9 @@ def _names_a_key(message: str, overrides: list[str]) -> bool:
 @given(overrides=override_sets())
 def test_any_overrides_train_or_are_refused_naming_a_key(tiny_data, overrides):
     ml, idx, root = tiny_data
-    images = any(o in ("data=mnist", "data=fashion_mnist") for o in overrides)
+    data = next((o.split("=", 1)[1] for o in overrides if o.startswith("data=")), None)
+    model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "collab")
+    images = data in ("mnist", "fashion_mnist") or (data is None and model in ("logistic", "mlp"))
     store = root / "mlflow.db"
     fixed = [f"data.path={idx if images else ml}", "data.verify=false" if not images else "data.normalize=false",
              "trainer.progress=false", f"tracking.uri=sqlite:///{store}", "tracking.experiment=contract"]

@@ -30,7 +30,7 @@ def contents(client, run):
     timing = ("train_seconds", "peak_memory_mb")  # measured, so they differ between any two runs: steps only
     rows = {k: sorted((m.step, None if k in timing else m.value) for m in client.get_metric_history(rid, k))
             for k in run.data.metrics}
-    arts = sorted(a.path for d in ("", "plots", "model") for a in client.list_artifacts(rid, d or None) if not a.is_dir)
+    arts = sorted(a.path for d in ("", "plots") for a in client.list_artifacts(rid, d or None) if not a.is_dir)
     params = {k: v for k, v in run.data.params.items() if k != "tracking.run_name" and k != "tracking.mode"}
     return rows, arts, params, run.info.status, run.data.tags.get("outcome")
 

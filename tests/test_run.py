@@ -39,7 +39,7 @@ def test_short_run_logs_the_contract(tiny, tmp_path):
                        "data.valid_pct": "0.1", "tracking.experiment": "test", "trainer.seed": "42"}.items():
         assert r.data.params[key] == value
     assert r.data.tags["overrides"] == "trainer.epochs=2"
-    assert {"git_commit", "torch_version", "device", "seed"} <= set(r.data.tags)
+    assert {"mlflow.source.git.commit", "torch_version", "device", "seed", "seed_group"} <= set(r.data.tags)
     per_epoch = -(-2700 // 64)  # steps in an epoch over 90% of 3,000 ratings
     logged = sorted({*range(10, 2 * per_epoch + 1, 10), per_epoch, 2 * per_epoch})  # every 10th, each epoch's last
     history = client.get_metric_history(r.info.run_id, "train_loss_step")
@@ -49,8 +49,8 @@ def test_short_run_logs_the_contract(tiny, tmp_path):
     for key in ("valid_rmse", "train_seconds", "peak_memory_mb"):  # logged once, not again in a summary
         assert len(client.get_metric_history(r.info.run_id, key)) == (2 if key == "valid_rmse" else 1)
     arts = {a.path for a in client.list_artifacts(r.info.run_id)}
-    arts |= {a.path for d in ("plots", "model") for a in client.list_artifacts(r.info.run_id, d)}
-    assert {"config.yaml", "plots/loss.png", "plots/schedule.png", "model/weights.pt"} <= arts
+    arts |= {a.path for a in client.list_artifacts(r.info.run_id, "plots")}
+    assert {"config.yaml", "plots/loss.png", "plots/schedule.png", "weights.pt"} <= arts
 
 
 def test_training_learns_and_is_deterministic(tiny):

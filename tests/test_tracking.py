@@ -48,7 +48,7 @@ def test_a_parent_made_by_another_process_is_named_by_its_run_id(tiny, tmp_path)
     assert child.info.status == "FINISHED"
 
 
-def test_the_writer_never_imports_torch(tmp_path):
+def test_without_a_model_to_log_the_writer_never_imports_torch(tmp_path):
     """The writer's whole job (a run with params, metrics, files, plots, closed) in a process without torch."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     script = textwrap.dedent(f"""

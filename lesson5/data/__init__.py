@@ -9,7 +9,7 @@ from lesson5.data.folds import Data, Fold
 
 # name -> module with a build(conf) -> Data; imported only when used.
 REGISTRY = {"movielens": "lesson5.data.movielens", "mnist": "lesson5.data.mnist",
-            "fashion_mnist": "lesson5.data.mnist"}
+            "fashion_mnist": "lesson5.data.mnist", "images": "lesson5.data.images"}
 
 
 _built: dict[str, Data] = {}  # by the data config's repr: a process that runs many trials (a sweep worker) reads once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,4 +26,13 @@ class Data:
     folds: list[Fold]
     sizes: dict[str, int]
     vocab: dict[str, list] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)  # logged as data.info.* params
+    # logged as data.info.* params; `source` and `digest` also name the run's MLflow dataset input
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def digest(*arrays) -> str:
+    """A short content hash of numpy arrays (the data as read, before any split): MLflow's dataset digest."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]

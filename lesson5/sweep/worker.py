@@ -73,7 +73,7 @@ def objective(study: Study, tracker: Tracker, parent_run_id: str, claim: context
         overrides = [*study.base, *swept]
         tags = {"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number), "sweep.file": study.name}
         try:
-            result = run(compose([*overrides, "trainer.progress=false",
+            result = run(compose([*overrides, "trainer.progress=false", "tracking.log_model=false",
                                   f"tracking.run_name='{study.name} trial {trial.number}'"]),
                          overrides=swept, tracker=tracker, parent_run_id=parent_run_id, tags=tags,
                          callbacks=[prune],

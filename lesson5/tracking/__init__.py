@@ -19,24 +19,26 @@ from typing import Any, Optional, Union
 from lesson5.errors import TrackingError
 from lesson5.outcome import Outcome
 from lesson5.tracking import writer
-from lesson5.tracking.messages import Close, Closed, EndRun, Failed, LogFiles, LogMetrics, Row, StartRun, Started
+from lesson5.tracking.messages import (Close, Closed, EndRun, Failed, LogFiles, LogMetrics, LogModel, Row, StartRun,
+                                       Started)
 from lesson5.tracking.spool import ROOT as SPOOL_ROOT
-from lesson5.tracking.store import check_reachable, fail_run, resolve_uri, ui_command  # noqa: F401 - the API
+from lesson5.tracking.store import check_reachable, fail_run, resolve_uri, ui_command, ui_link  # noqa: F401 - the API
 
 
 class Tracker:
     """Main-process handle on the writer. Runs are named by small local ids until MLflow assigns theirs."""
 
-    def __init__(self, uri: Optional[str], offline: bool = False):
+    def __init__(self, uri: Optional[str], offline: bool = False, models: bool = False):
         """`offline`: spool everything for `python -m lesson5.sync` (tracking.mode=offline), never touching the
-        store; online, a store that stops answering mid-run is spooled from then on."""
+        store; online, a store that stops answering mid-run is spooled from then on. `models`: runs will log
+        MLflow models (tracking.log_model), so the writer imports torch while it waits."""
         self.uri = resolve_uri(uri)
         if not offline:
             check_reachable(self.uri)
         ctx = mp.get_context("spawn")  # fork would copy torch's threads and state into the writer
         self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
         self._proc = ctx.Process(target=writer.main, name="lesson5-mlflow-writer", daemon=True,
-                                 args=(self.uri, self._inbox, self._outbox, SPOOL_ROOT.resolve(), offline))
+                                 args=(self.uri, self._inbox, self._outbox, SPOOL_ROOT.resolve(), offline, models))
         self.spooled: Optional[str] = None  # the spool folder, once the writer has closed, if it used one
         self._proc.start()
         self._ids = itertools.count(1)
@@ -46,13 +48,16 @@ class Tracker:
         self.parents_seen: set[str] = set()  # MLflow run ids a child of this tracker's has been created under
 
     def start_run(self, *, experiment: str, name: Optional[str], params: dict[str, Any], tags: dict[str, Any],
-                  files: dict[str, bytes] = {}, parent: Union[int, str, None] = None) -> int:
-        """Queue a new run; returns its local id. `parent` is a local id, or an MLflow run id from any process."""
+                  files: dict[str, bytes] = {}, parent: Union[int, str, None] = None,
+                  datasets: list[dict[str, str]] = []) -> int:
+        """Queue a new run; returns its local id. `parent` is a local id, or an MLflow run id from any process;
+        `datasets` are MLflow dataset inputs (see messages.StartRun)."""
         rid = next(self._ids)
         self._open.add(rid)
         # as plain strings: unpickling a torch or numpy value (torch.__version__ is one) imports torch in the writer
         self._inbox.put(StartRun(rid, experiment, name, {k: str(v) for k, v in params.items()},
-                                 {k: str(v) for k, v in tags.items()}, dict(files), parent))
+                                 {k: str(v) for k, v in tags.items()}, dict(files), parent,
+                                 [{k: str(v) for k, v in d.items()} for d in datasets]))
         return rid
 
     def log_metrics(self, rid: int, rows: list[Row]) -> None:
@@ -62,6 +67,10 @@ class Tracker:
     def log_files(self, rid: int, files: dict[str, bytes]) -> None:
         """Artifacts by their path in the run, e.g. {"model/weights.pt": b"..."}."""
         self._inbox.put(LogFiles(rid, files))
+
+    def log_model(self, rid: int, payload: bytes) -> None:
+        """An MLflow model named "model": torch.save({"model", "input", "output"}) bytes (messages.LogModel)."""
+        self._inbox.put(LogModel(rid, payload))
 
     def end_run(self, rid: int, status: str, tags: dict[str, str] = {}) -> None:
         """Close a run as FINISHED, FAILED or KILLED, setting `tags` first; the writer draws its plots."""

@@ -13,7 +13,7 @@ Row = tuple[str, float, int]  # (key, value, step)
 
 
 @dataclass
-class StartRun:  # trainer -> writer: StartRun, LogMetrics, LogFiles, EndRun, Close
+class StartRun:  # trainer -> writer: StartRun, LogMetrics, LogFiles, LogModel, EndRun, Close
     rid: int
     experiment: str
     name: Optional[str]
@@ -21,6 +21,8 @@ class StartRun:  # trainer -> writer: StartRun, LogMetrics, LogFiles, EndRun, Cl
     tags: dict[str, str]
     files: dict[str, bytes] = field(default_factory=dict)
     parent: Union[int, str, None] = None  # a local id of this tracker, or an MLflow run id from anywhere
+    # MLflow dataset inputs: dicts of name, digest, source, source_type and profile (a JSON string)
+    datasets: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -34,6 +36,16 @@ class LogMetrics:
 class LogFiles:
     rid: int
     files: dict[str, bytes]  # by path in the run, e.g. "model/weights.pt"
+
+
+@dataclass
+class LogModel:
+    """An MLflow model: `payload` is torch.save({"model", "input", "output"}) of the CPU model and an example
+    batch, for its signature. The writer imports torch for it, and only for it."""
+
+    rid: int
+    payload: bytes
+    name: str = "model"
 
 
 @dataclass

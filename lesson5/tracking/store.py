@@ -32,6 +32,13 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
+def ui_link(uri: str, experiment_id: str) -> str:
+    """The experiment's runs table in the model-training view (`workflowType=machine_learning`): without it,
+    MLflow 3 opens on its GenAI overview. A local store is served by `mlflow ui` on 127.0.0.1:5000."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any training, on a store that cannot work."""
     if uri.startswith("sqlite:///"):
@@ -64,6 +71,30 @@ def open_client(uri: str):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)  # the first touch sets the store up, and reports a bad one now
     return client
+
+
+# What MLflow 3's UI reads to open an experiment on its runs table (the model-training view), not the GenAI overview.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of experiment `name`, made as a model-training experiment if it is new (client: an MlflowClient).
+    A deleted one raises, saying how to restore it."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, tags={KIND_TAG: KIND})
+        except Exception:  # noqa: BLE001 - another process created it first
+            exp = client.get_experiment_by_name(name)
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"tracking.experiment={name!r} names a deleted experiment (id {exp.experiment_id}) in "
+            f"{client.tracking_uri}. Restore it with `MLFLOW_TRACKING_URI={client.tracking_uri} mlflow experiments "
+            f"restore --experiment-id {exp.experiment_id}`, remove it for good with `mlflow gc`, or pick another "
+            f"tracking.experiment.")
+    if exp.tags.get(KIND_TAG) is None:  # made by MLflow itself or by an older lesson5
+        client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
+    return exp.experiment_id
 
 
 def fail_run(client, run_id: str, reason: str) -> None:

@@ -5,11 +5,13 @@ imports MLflow; the writer, on its own core, logs them through MLflow's public c
 `log_batch`), draws the plots when a run ends and closes it. It ignores Ctrl-C (the trainer decides the status),
 and if the trainer dies without closing its runs, it marks them FAILED.
 
-It must never import torch (tests/test_tracking.py checks): that would cost each process seconds and memory.
+It imports torch only to log an MLflow model (`LogModel`), and then while it waits for the trainer, never at
+start-up (tests/test_tracking.py checks): torch costs a process seconds and memory.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -20,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lesson5.process import fast_exit, pause_gc, resume_gc
-from lesson5.tracking.messages import Close, Closed, EndRun, Failed, LogFiles, LogMetrics, StartRun, Started
+from lesson5.tracking.messages import (Close, Closed, EndRun, Failed, LogFiles, LogMetrics, LogModel, StartRun,
+                                       Started)
 from lesson5.tracking.spool import ROOT, Known, Spool
-from lesson5.tracking.store import fail_fast_http, fail_run, open_client
+from lesson5.tracking.store import experiment_id, fail_fast_http, fail_run, open_client
 
 PER_CALL = {"metrics": 1000, "params": 100}  # MLflow's log_batch limits
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's system tag for nested runs
@@ -31,6 +34,7 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's system tag for nested runs
 @dataclass
 class RunState:
     run_id: str
+    experiment_id: str
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> (step, value), for plots
     tables: dict[str, object] = field(default_factory=dict)  # JSON artifacts by path, for plots
 
@@ -41,15 +45,6 @@ class Writer:
     def __init__(self, uri: str):
         self.client = open_client(uri)
         self.runs: dict[int, RunState] = {}
-
-    def _experiment_id(self, name: str) -> str:
-        exp = self.client.get_experiment_by_name(name)
-        if exp is None:
-            try:
-                return self.client.create_experiment(name)
-            except Exception:  # noqa: BLE001 - another writer created it first
-                exp = self.client.get_experiment_by_name(name)
-        return exp.experiment_id
 
     def _parent_run_id(self, parent) -> str:
         """The MLflow id of a parent given as a local id or an MLflow run id; one that does not exist raises."""
@@ -68,17 +63,22 @@ class Writer:
 
     def start(self, msg: StartRun) -> Started:
         tags = {**msg.tags, PARENT_TAG: self._parent_run_id(msg.parent)} if msg.parent is not None else msg.tags
-        exp_id = self._experiment_id(msg.experiment)
+        exp_id = experiment_id(self.client, msg.experiment)
         run_id = self.client.create_run(exp_id, run_name=msg.name, tags=tags).info.run_id
-        self.adopt(msg, run_id)
+        self.adopt(msg, run_id, exp_id)
         return Started(msg.rid, run_id, exp_id)
 
-    def adopt(self, msg: StartRun, run_id: str) -> None:
-        """Take `run_id` as local run msg.rid and log its params and files (again, for a synced run: idempotent)."""
-        from mlflow.entities import Param
+    def adopt(self, msg: StartRun, run_id: str, experiment_id: str) -> None:
+        """Take `run_id` as local run msg.rid and log its params, data sets and files (again, for a synced run:
+        idempotent)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag, Param
 
-        self.runs[msg.rid] = RunState(run_id)
+        self.runs[msg.rid] = RunState(run_id, experiment_id)
         self._log_batch(run_id, "params", [Param(k, v[:6000]) for k, v in msg.params.items()])
+        if msg.datasets:
+            self.client.log_inputs(run_id, datasets=[
+                DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], d["source"], None, d.get("profile")),
+                             [InputTag("mlflow.data.context", d.get("context", "training"))]) for d in msg.datasets])
         self.files(LogFiles(msg.rid, msg.files))
 
     def store_down(self) -> bool:
@@ -109,6 +109,21 @@ class Writer:
             if msg.files:
                 self.client.log_artifacts(run.run_id, tmp)
 
+    def model(self, msg: LogModel) -> None:
+        """An MLflow model with its signature, as a logged model of the run's: `runs:/<run id>/<name>` loads it
+        with mlflow.pytorch.load_model, and the run's Models column and the registry see it."""
+        import mlflow
+        from mlflow.models import infer_signature
+
+        torch, mlflow_pytorch = _pytorch()
+        mlflow.set_tracking_uri(self.client.tracking_uri)  # log_model is fluent API: it logs to the process's store
+        run = self.runs[msg.rid]
+        got = torch.load(io.BytesIO(msg.payload), map_location="cpu", weights_only=False)
+        signature = infer_signature(got["input"].numpy(), got["output"].numpy())
+        logged = self.client.create_logged_model(run.experiment_id, name=msg.name, source_run_id=run.run_id)
+        mlflow_pytorch.log_model(got["model"], name=msg.name, run_id=run.run_id, model_id=logged.model_id,
+                                 signature=signature, **_model_format(torch))
+
     def end(self, msg: EndRun) -> None:
         from mlflow.entities import RunTag
 
@@ -135,11 +150,45 @@ def _plots():
     return plots
 
 
-HANDLERS = {StartRun: Writer.start, LogMetrics: Writer.metrics, LogFiles: Writer.files, EndRun: Writer.end}
+def _model_format(torch) -> dict:
+    """How lesson5 saves MLflow models. Pickled: the lesson's models are plain nn.Modules, and the default pt2
+    export would trace each one. `code_paths` ships lesson5's classes, so a model loads where lesson5 is not
+    installed."""
+    import lesson5
+
+    return {"serialization_format": "pickle", "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"],
+            "code_paths": [str(Path(lesson5.__file__).parent)]}
 
 
-def serve(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = False) -> None:
+_warm = False
+
+
+def _pytorch():
+    """torch and mlflow.pytorch, ready: imported while the writer waits (`serve(models=True)`), or when a model
+    comes. Saving a one-weight model first fills MLflow's caches (its requirements check reads every installed
+    package's metadata: ~1.6 s here) while nothing waits for it."""
+    global _warm
+    import logging
+
+    import mlflow.pytorch
+    import torch
+
+    if not _warm:
+        _warm = True
+        torch.set_num_threads(1)  # the trainer's cores are its own
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # pickle is chosen (_model_format)
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.pytorch.save_model(torch.nn.Linear(1, 1), f"{tmp}/m", **_model_format(torch))
+    return torch, mlflow.pytorch
+
+
+HANDLERS = {StartRun: Writer.start, LogMetrics: Writer.metrics, LogFiles: Writer.files, LogModel: Writer.model,
+            EndRun: Writer.end}
+
+
+def serve(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = False, models: bool = False) -> None:
     """Handle the trainer's messages until Close, or until the trainer dies (then its open runs are FAILED).
+    `models`: runs will log MLflow models, so torch is imported while waiting, rather than when the run ends.
 
     If the store stops answering mid-run, everything not yet in it (the open runs' messages since their start,
     and all that follows) goes to a spool instead, and training goes on; `offline` spools from the start.
@@ -156,6 +205,8 @@ def serve(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = Fals
     while True:
         if (w is not None or spool is not None) and inbox.empty():
             _plots()  # matplotlib's import while idle, not when a run ends
+            if models and w is not None and inbox.empty():
+                _pytorch()
         try:
             msg = inbox.get(timeout=1.0)
         except queue.Empty:
@@ -207,13 +258,13 @@ def _spool_open_runs(w: Writer, history: dict[int, list], root: Path, uri: str) 
     return spool
 
 
-def main(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = False) -> None:
+def main(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = False, models: bool = False) -> None:
     """The writer process: serve, then leave without tearing down MLflow's modules (~1.4 s the trainer would
     wait for)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it then closes the runs
     fail_fast_http()
     pause_gc()  # until _plots: MLflow's and matplotlib's imports make ~200k objects
-    serve(uri, inbox, outbox, spool_root, offline)
+    serve(uri, inbox, outbox, spool_root, offline, models)
     outbox.close()
     outbox.join_thread()
     fast_exit(0)
