@@ -294,6 +294,8 @@ class TrackingConf:
     run_name: Optional[str] = None
     # Log the trained model as an MLflow model (mlflow.pytorch.load_model("runs:/<id>/model") and the registry).
     log_model: bool = True
+    # Collab runs: log what the model learned (lesson5.interpret: biases, PCA, their plots) as the run ends.
+    interpret: bool = True
     # Per-step values (train_loss_step, lr, momentum) are logged at every n-th step and at each epoch's last.
     log_every_n_steps: int = _check(lambda v: v >= 1, "an integer >= 1", 10)
     # Per-step values are sent to the writer in chunks of this many steps.
@@ -414,7 +416,7 @@ _IGNORED = [
     *[(f"schedule.{k}", lambda c: c.schedule.name is ScheduleName.constant, lambda c: "schedule=constant",
        "use schedule=one_cycle") for k in ("pct_start", "div", "div_final", "moms")],
     *[(f"tracking.{k}", lambda c: not c.tracking.enabled, lambda c: "tracking=none", "drop tracking=none to track")
-      for k in ("uri", "experiment", "run_name", "log_model", "log_every_n_steps", "flush_every")],
+      for k in ("uri", "experiment", "run_name", "log_model", "interpret", "log_every_n_steps", "flush_every")],
     *[(k, lambda c: bool(c.trainer.stages), lambda c: "trainer.stages", "set each stage's epochs and lr")
       for k in ("trainer.epochs", "optim.lr")],
     ("data.valid_pct", lambda c: isinstance(c.data, MovieLensConf) and c.data.split is not Split.random
@@ -437,6 +439,18 @@ def validate(cfg: DictConfig) -> Config:
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems) + "\nFix the key(s) on the command line or in conf/.")
     return obj
+
+
+MODEL_SCHEMAS = {"collab": CollabConf, "logistic": LogisticConf, "mlp": MlpConf, "resnet34": Resnet34Conf,
+                 "efficientnet_lite0": EfficientNetLite0Conf}
+DATA_SCHEMAS = {"movielens": MovieLensConf, "mnist": ImageDataConf, "fashion_mnist": ImageDataConf,
+                "images": ImagesConf}
+
+
+def from_saved(cfg: DictConfig) -> DictConfig:
+    """A run's saved config.yaml back under its schemas (its model and data by their names), for `validate`."""
+    base = OmegaConf.structured(Config(model=MODEL_SCHEMAS[cfg.model.name](), data=DATA_SCHEMAS[cfg.data.name]()))
+    return OmegaConf.merge(base, cfg)
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:

@@ -37,6 +37,21 @@ def confusion_matrix(logits: Tensor, y: Tensor) -> list[list[int]]:
     return counts.view(n, n).tolist()
 
 
+def most_wrong(logits: Tensor, y: Tensor, input_of, classes=None, k: int = 9) -> dict:
+    """The k validation items with the highest loss, as grey images for a plot: `input_of(i)` gives item i's input
+    (a flat 28x28 vector, or a normalized 3-channel image)."""
+    losses = F.cross_entropy(logits, y, reduction="none")
+    top = losses.topk(min(k, len(losses))).indices.tolist()
+    name = (lambda c: str(classes[c])) if classes else str
+    items = []
+    for i in top:
+        x = input_of(i).float().cpu()
+        img = x.view(28, 28) if x.dim() == 1 and x.numel() == 784 else x.mean(0) if x.dim() == 3 else x.view(-1, 1)
+        items.append({"image": img.round(decimals=3).tolist(), "true": name(int(y[i])),
+                      "pred": name(int(logits[i].argmax())), "loss": float(losses[i])})
+    return {"items": items}
+
+
 # JSON artifacts a run logs at its end, by the model's loss, from the last validation outputs
 TABLES = {"mse": {}, "cross_entropy": {"confusion_matrix.json": confusion_matrix}}
 

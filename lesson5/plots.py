@@ -67,6 +67,47 @@ def confusion(matrix: list[list[int]]):
     return fig
 
 
+def most_wrong(table: dict):
+    """The validation images the model got most wrong: true and predicted label, and the loss."""
+    items = table["items"]
+    cols = 3
+    rows = -(-len(items) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows), squeeze=False)
+    for ax, it in zip(axes.flat, items):
+        ax.imshow(it["image"], cmap="gray")
+        ax.set_title(f"true {it['true']} / pred {it['pred']}\nloss {it['loss']:.2f}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Most wrong (validation)")
+    fig.tight_layout()
+    return fig
+
+
+def bias_scatter(table: dict):
+    """Each item's learned bias against its mean rating, the extremes labelled."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter(table["mean_rating"], table["bias"], s=6, alpha=0.5)
+    for title, x, y in table["labels"]:
+        ax.annotate(title[:28], (x, y), fontsize=6)
+    ax.set(xlabel="mean rating", ylabel="learned bias",
+           title=f"Item bias against mean rating (Spearman {table['spearman']:.2f})")
+    fig.tight_layout()
+    return fig
+
+
+def pca_scatter(table: dict):
+    """The most-rated items on the first two principal components of the item factors, labelled."""
+    fig, ax = plt.subplots(figsize=(9, 7))
+    ax.scatter(table["x"], table["y"], s=8, alpha=0.6)
+    for title, x, y in zip(table["titles"], table["x"], table["y"]):
+        ax.annotate(title[:24], (x, y), fontsize=6)
+    v = table["explained"]
+    ax.set(xlabel=f"PC1 ({v[0]:.0%} of variance)", ylabel=f"PC2 ({v[1]:.0%})",
+           title="Item factors: principal components 1 and 2")
+    fig.tight_layout()
+    return fig
+
+
 def png(fig) -> bytes:
     """The figure as PNG bytes; the figure is closed."""
     buf = io.BytesIO()
@@ -75,11 +116,17 @@ def png(fig) -> bytes:
     return buf.getvalue()
 
 
+# JSON artifact -> (the PNG drawn from it, how)
+TABLE_PLOTS = {"confusion_matrix.json": ("plots/confusion_matrix.png", confusion),
+               "most_wrong.json": ("plots/most_wrong.png", most_wrong),
+               "interpret/bias.json": ("interpret/bias_vs_mean_rating.png", bias_scatter),
+               "interpret/pca.json": ("interpret/pca.png", pca_scatter)}
+
+
 def run_plots(series: Series, tables: dict[str, object] = {}) -> Iterator[tuple[str, bytes]]:
-    """(name, PNG) for every plot the metric series and JSON artifacts allow."""
-    drawable = [(name, draw, series) for name, draw, needs in
+    """(artifact path, PNG) for every plot the metric series and JSON artifacts allow."""
+    drawable = [(f"plots/{name}.png", draw, series) for name, draw, needs in
                 (("loss", loss_curve, "train_loss_step"), ("schedule", schedule, "lr")) if series.get(needs)]
-    if "confusion_matrix.json" in tables:
-        drawable.append(("confusion_matrix", confusion, tables["confusion_matrix.json"]))
-    for name, draw, source in drawable:
-        yield name, png(draw(source))
+    drawable += [(*TABLE_PLOTS[name], table) for name, table in tables.items() if name in TABLE_PLOTS]
+    for path, draw, source in drawable:
+        yield path, png(draw(source))

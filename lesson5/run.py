@@ -144,6 +144,11 @@ def _weights(model: torch.nn.Module) -> bytes:
     return buf.getvalue()
 
 
+def _input(part, i: int) -> torch.Tensor:
+    """Input i of a fold's part ((x, y) tensors or a Dataset of (x, y) pairs)."""
+    return part[0][i] if isinstance(part, (tuple, list)) else part[i][0]
+
+
 def _example(part, n: int = 5) -> torch.Tensor:
     """The first n inputs of a fold's part ((x, y) tensors or a Dataset of (x, y) pairs)."""
     if isinstance(part, (tuple, list)):
@@ -257,6 +262,16 @@ def _run(cfg: DictConfig, conf: Config, device: torch.device, overrides: Sequenc
                 files = {"weights.pt": _weights(learn.model)}
                 for name, table in metrics.tables(learn.valid_out, learn.valid_y, learn.loss_name).items():
                     files[name] = json.dumps(table).encode()
+                if learn.loss_name == "cross_entropy":
+                    files["most_wrong.json"] = json.dumps(metrics.most_wrong(
+                        learn.valid_out, learn.valid_y, lambda i: _input(fold.valid, i), data.vocab.get("classes"))
+                    ).encode()
+                if conf.tracking.interpret and conf.model.name == "collab":
+                    from lesson5 import interpret
+
+                    more, found, _ = interpret.artifacts(learn.model, data)
+                    files.update(more)
+                    tracker.log_metrics(fold_rid, [(k, v, learn.step) for k, v in found.items()])
                 tracker.log_files(fold_rid, files)
                 if conf.tracking.log_model:
                     tracker.log_model(fold_rid, _mlflow_model(learn.model, fold))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lesson5 import optim
+from lesson5 import checks, optim
 from lesson5.config import Impl, OptimConf, OptimName, WdMode
 
 STEPS = 150
@@ -74,17 +74,9 @@ def test_scratch_optimizer_follows_a_momentum_schedule():
 
 
 @pytest.mark.parametrize("impl", list(Impl))
-def test_l2_equals_decoupled_for_plain_sgd(impl):
-    l2 = trajectory(OptimConf(name=OptimName.sgd, impl=impl, lr=0.1, wd=0.05, wd_mode=WdMode.l2))
-    dec = trajectory(OptimConf(name=OptimName.sgd, impl=impl, lr=0.1, wd=0.05, wd_mode=WdMode.decoupled))
-    torch.testing.assert_close(l2, dec, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("impl", list(Impl))
-def test_l2_differs_from_decoupled_for_adam(impl):
-    l2 = trajectory(OptimConf(name=OptimName.adam, impl=impl, lr=1e-2, wd=0.1, wd_mode=WdMode.l2))
-    dec = trajectory(OptimConf(name=OptimName.adam, impl=impl, lr=1e-2, wd=0.1, wd_mode=WdMode.decoupled))
-    assert (l2[-1] - dec[-1]).abs().max() > 1e-2
+def test_l2_equals_decoupled_for_plain_sgd_but_not_for_adam(impl):
+    assert checks.decay_vs_l2(OptimName.sgd, impl) < 1e-5  # the numbers the claims report shows
+    assert checks.decay_vs_l2(OptimName.adam, impl, wd=0.1) > 1e-2
 
 
 def test_lessons_update_is_l2_with_twice_the_wd():

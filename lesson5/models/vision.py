@@ -212,9 +212,13 @@ def resolve(spec: str, tracking_uri: Optional[str]) -> Optional[str]:
             raise ConfigError(f"model.weights={spec}: no such file. Give imagenet, none, a checkpoint file, or an "
                               f"MLflow run id (or runs:/<id>) of a lesson5 run.")
         return str(path)
+    import os
+
     import mlflow.artifacts
 
     from lesson5.tracking.store import resolve_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
 
     uri = resolve_uri(tracking_uri)
     try:

@@ -130,7 +130,7 @@ class Writer:
         run = self.runs[msg.rid]
         try:
             pngs = _plots().run_plots(run.series, run.tables)
-            self.files(LogFiles(msg.rid, {f"plots/{name}.png": png for name, png in pngs}))
+            self.files(LogFiles(msg.rid, dict(pngs)))
         finally:
             self.client.log_batch(run.run_id, tags=[RunTag(k, v[:5000]) for k, v in msg.tags.items()])
             self.client.set_terminated(run.run_id, msg.status)
