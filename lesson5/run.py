@@ -149,17 +149,29 @@ def _input(part, i: int) -> torch.Tensor:
     return part[0][i] if isinstance(part, (tuple, list)) else part[i][0]
 
 
-def _example(part, n: int = 5) -> torch.Tensor:
-    """The first n inputs of a fold's part ((x, y) tensors or a Dataset of (x, y) pairs)."""
-    if isinstance(part, (tuple, list)):
-        return part[0][:n]
-    return torch.stack([part[i][0] for i in range(min(n, len(part)))])
+def _artifacts(conf: Config, data: datasets.Data, fold: datasets.Fold, learn: Learner):
+    """(files, metrics) a fold's run logs as it ends: the weights, the tables its plots are drawn from (confusion
+    matrix and most-wrong images for classifiers) and, for collab, what the model learned (lesson5.interpret)."""
+    files = {"weights.pt": _weights(learn.model)}
+    for name, table in metrics.tables(learn.valid_out, learn.valid_y, learn.loss_name).items():
+        files[name] = json.dumps(table).encode()
+    found = {"train_seconds": learn.train_seconds}
+    if learn.loss_name == "cross_entropy":
+        files["most_wrong.json"] = json.dumps(metrics.most_wrong(
+            learn.valid_out, learn.valid_y, lambda i: _input(fold.valid, i), data.vocab.get("classes"))).encode()
+    if conf.tracking.interpret and conf.model.name == "collab":
+        from lesson5 import interpret
+
+        more, learned, _ = interpret.artifacts(learn.model, data)
+        files.update(more)
+        found.update(learned)
+    return files, found
 
 
 def _mlflow_model(model: torch.nn.Module, fold: datasets.Fold) -> bytes:
     """The payload of an MLflow model: the CPU model in eval mode and an example batch with its output (for the
     signature), pickled here so that the writer, not the trainer, pays for MLflow's model code."""
-    x = _example(fold.valid)
+    x = torch.stack([_input(fold.valid, i) for i in range(5)])
     model = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
         out = model(x)
@@ -258,20 +270,8 @@ def _run(cfg: DictConfig, conf: Config, device: torch.device, overrides: Sequenc
                                    **({k: v for r in learn.stages for k, v in r.rows().items()}
                                       if conf.trainer.stages else {})}
             if fold_rid is not None:
-                tracker.log_metrics(fold_rid, [("train_seconds", learn.train_seconds, learn.step)])
-                files = {"weights.pt": _weights(learn.model)}
-                for name, table in metrics.tables(learn.valid_out, learn.valid_y, learn.loss_name).items():
-                    files[name] = json.dumps(table).encode()
-                if learn.loss_name == "cross_entropy":
-                    files["most_wrong.json"] = json.dumps(metrics.most_wrong(
-                        learn.valid_out, learn.valid_y, lambda i: _input(fold.valid, i), data.vocab.get("classes"))
-                    ).encode()
-                if conf.tracking.interpret and conf.model.name == "collab":
-                    from lesson5 import interpret
-
-                    more, found, _ = interpret.artifacts(learn.model, data)
-                    files.update(more)
-                    tracker.log_metrics(fold_rid, [(k, v, learn.step) for k, v in found.items()])
+                files, found = _artifacts(conf, data, fold, learn)
+                tracker.log_metrics(fold_rid, [(k, v, learn.step) for k, v in found.items()])
                 tracker.log_files(fold_rid, files)
                 if conf.tracking.log_model:
                     tracker.log_model(fold_rid, _mlflow_model(learn.model, fold))

@@ -73,13 +73,17 @@ def efficientnet_lite0_body() -> nn.Sequential:
         raise ConfigError("model=efficientnet_lite0 needs the optional extra: pip install -e '.[efficientnet]'") \
             from None
     net = EfficientNet.from_name("efficientnet-lite0")
-    return nn.Sequential(_Stem(net), *[_Block(b, net, i) for i, b in enumerate(net._blocks)], _HeadConv(net))
+    return nn.Sequential(_ConvBnAct(net._conv_stem, net._bn0, net._swish),
+                         *[_Block(b, net, i) for i, b in enumerate(net._blocks)],
+                         _ConvBnAct(net._conv_head, net._bn1, net._swish))
 
 
-class _Stem(nn.Module):
-    def __init__(self, net):
+class _ConvBnAct(nn.Module):
+    """EfficientNet's stem and head convolutions, with their BatchNorm and activation."""
+
+    def __init__(self, conv, bn, act):
         super().__init__()
-        self.conv, self.bn, self.act = net._conv_stem, net._bn0, net._swish
+        self.conv, self.bn, self.act = conv, bn, act
 
     def forward(self, x):
         return self.act(self.bn(self.conv(x)))
@@ -95,15 +99,6 @@ class _Block(nn.Module):
 
     def forward(self, x):
         return self.block(x, drop_connect_rate=self.rate)
-
-
-class _HeadConv(nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.conv, self.bn, self.act = net._conv_head, net._bn1, net._swish
-
-    def forward(self, x):
-        return self.act(self.bn(self.conv(x)))
 
 
 # name -> (the body, its output channels, where its layer groups split)
