@@ -202,8 +202,8 @@ class ImagesConf(DataConf):
     valid_pct: float = _check(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.2)
     # Without data.path: these many images of this grey data set, stretched to `size` px and 3 channels.
     source: ImageSource = ImageSource.fashion_mnist
-    n_train: int = _check(lambda v: v >= 1, "an integer >= 1", 2000)
-    n_valid: int = _check(lambda v: v >= 1, "an integer >= 1", 500)
+    n_train: int = _check(lambda v: v >= 1, "an integer >= 1", 5000)
+    n_valid: int = _check(lambda v: v >= 1, "an integer >= 1", 1000)
     augment: bool = True
     skip_corrupt: bool = True  # skip (with a warning, counted in the run) images PIL cannot read; false: refuse
     num_workers: int = _check(lambda v: v >= 0, "an integer >= 0", 0)
@@ -264,6 +264,7 @@ class TrainerConf:
     epochs: int = _check(lambda v: v >= 1, "an integer >= 1", 5)
     bs: int = _check(lambda v: v >= 1, "an integer >= 1", 64)
     seed: int = _check(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)", 42)
+    # auto: CUDA when there is one, except for the small models (collab, logistic, mlp: lesson5.run.CPU_MODELS)
     device: str = _check(
         lambda v: v == "auto" or v == "cpu" or v.startswith("cuda") or v == "mps", "auto, cpu, cuda, cuda:N or mps",
         "auto",

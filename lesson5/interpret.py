@@ -56,7 +56,8 @@ def bias_tables(model, data, min_ratings: int = MIN_RATINGS) -> tuple[pd.DataFra
 
 def spearman(table: pd.DataFrame) -> float:
     """The rank correlation between bias and mean rating (nan for fewer than 3 rows)."""
-    return float(table.bias.corr(table.mean_rating, method="spearman")) if len(table) >= 3 else float("nan")
+    # Pearson's correlation of the ranks (ties averaged) is Spearman's; pandas' method="spearman" imports scipy
+    return float(table.bias.rank().corr(table.mean_rating.rank())) if len(table) >= 3 else float("nan")
 
 
 def pca(model, data, min_ratings: int = MIN_RATINGS, k: int = 3, ends: int = 10):

@@ -93,7 +93,7 @@ def find(overrides: list[str], start_lr: float = 1e-7, end_lr: float = 10.0):
         raise ConfigError(f"start_lr={start_lr}, end_lr={end_lr}: expected 0 < start_lr < end_lr")
     tracker = Tracker(conf.tracking.uri) if conf.tracking.enabled else None
     try:
-        device = pick_device(conf.trainer.device)
+        device = pick_device(conf.trainer.device, conf.model.name)
         torch.set_num_threads(conf.trainer.threads or torch.get_num_threads())
         data = datasets.build(conf.data)
         finder = LRFinder(start_lr, end_lr)

@@ -46,10 +46,16 @@ class RunResult:
     model: Optional[torch.nn.Module] = None
 
 
-def pick_device(name: str) -> torch.device:
-    """trainer.device: `auto` takes CUDA when available; a device this machine lacks is a ConfigError."""
+# Models too small for a GPU to help: a collab step at bs 64 is ~45 tiny kernels, and on an H100 it trained no faster
+# than on a CPU (BENCHMARKS.md), so `auto` keeps them on the CPU.
+CPU_MODELS = {"collab", "logistic", "mlp"}
+
+
+def pick_device(name: str, model: str = "") -> torch.device:
+    """trainer.device: `auto` takes CUDA when available, except for the small models (CPU_MODELS); a device this
+    machine lacks is a ConfigError."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() and model not in CPU_MODELS else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
@@ -216,7 +222,7 @@ def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[C
     conf = validate(cfg)
     for warning in ignored(conf, overrides):
         print(f"warning: {warning}", file=sys.stderr)
-    device = pick_device(conf.trainer.device)  # a missing device is refused before the tracker or the data
+    device = pick_device(conf.trainer.device, conf.model.name)  # a missing device is refused before the tracker or the data
     own_tracker = tracker is None and conf.tracking.enabled
     if own_tracker:
         tracker = Tracker(conf.tracking.uri, offline=conf.tracking.mode is TrackingMode.offline,

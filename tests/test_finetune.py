@@ -196,3 +196,10 @@ def test_efficientnet_lite0_takes_every_imagenet_weight_from_its_wheel():
     state = vision.imagenet_state("efficientnet_lite0")
     torch.testing.assert_close(m.body.state_dict()["0.conv.weight"], state["0.conv.weight"])
     assert len(m.layer_groups()) == 3 and m(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+
+
+def test_auto_device_keeps_the_small_models_on_the_cpu():
+    from lesson5.run import pick_device
+
+    assert pick_device("auto", "collab").type == "cpu"
+    assert pick_device("auto", "resnet34").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -146,3 +146,9 @@ def test_the_quick_report_runs_on_tiny_data_and_reuses_its_runs(tiny, tmp_path):
     again = claims.Context(quick=True, overrides=ctx.overrides)
     assert [v for _, v, _ in measure_all(again, keys)] == [v for _, v, _ in rows]
     assert all(m.get("reused") for m in again.made)
+
+
+def test_spearman_is_pandas_spearman_without_scipy_at_import():
+    rng = np.random.default_rng(0)
+    t = pd.DataFrame({"bias": rng.normal(size=40), "mean_rating": rng.integers(1, 6, 40).astype(float)})
+    assert interpret.spearman(t) == pytest.approx(t.bias.corr(t.mean_rating, method="spearman"))
