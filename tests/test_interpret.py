@@ -7,7 +7,6 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from lesson5 import claims, compose, interpret, recommend
