@@ -56,12 +56,14 @@ def source_name() -> str:
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name:
         return f"python -m {spec.name.removesuffix('.__main__')}"
-    return sys.argv[0] or "python"
+    return sys.argv[0] if sys.argv[0] not in ("", "-c") else "python"
 
 
 def note(conf, name: str, overrides: Sequence[str]) -> str:
     """A run's one-line description (`mlflow.note.content`)."""
-    o = conf.optim
-    return (f"{name}: {conf.model.name} on {conf.data.name}, {o.name.value} lr={o.lr:g} wd={o.wd:g} "
-            f"({o.wd_mode.value}), {conf.schedule.name.value} schedule, {conf.trainer.epochs} epochs, seed "
-            f"{conf.trainer.seed}. Command: {' '.join([source_name(), *overrides])}")
+    o, stages = conf.optim, conf.trainer.stages
+    fits = ("; then ".join(f"{st.name}: {st.epochs} epoch(s) at lr {st.lr}{', body frozen' if st.frozen else ''}"
+                           for st in stages) if stages else f"{conf.trainer.epochs} epochs at lr {o.lr:g}")
+    return (f"{name}: {conf.model.name} on {conf.data.name}, {o.name.value} wd={o.wd:g} ({o.wd_mode.value}), "
+            f"{conf.schedule.name.value} schedule, {fits}, seed {conf.trainer.seed}. "
+            f"Command: {' '.join([source_name(), *overrides])}")
