@@ -10,7 +10,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lesson5.errors import ConfigError
@@ -34,11 +33,9 @@ class Loaded:
         """Add artifacts (by path in the run) and metrics to the run."""
         from mlflow.entities import Metric
 
-        with tempfile.TemporaryDirectory() as tmp:
-            for rel, data in files.items():
-                (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
-                (Path(tmp) / rel).write_bytes(data)
-            self.client.log_artifacts(self.run_id, tmp)
+        from lesson5.tracking.store import log_files
+
+        log_files(self.client, self.run_id, files)
         now = int(time.time() * 1000)
         if metrics:
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])

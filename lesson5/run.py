@@ -155,6 +155,10 @@ def _input(part, i: int) -> torch.Tensor:
     return part[0][i] if isinstance(part, (tuple, list)) else part[i][0]
 
 
+def _size(part) -> int:
+    return len(part[1]) if isinstance(part, (tuple, list)) else len(part)
+
+
 def _artifacts(conf: Config, data: datasets.Data, fold: datasets.Fold, learn: Learner):
     """(files, metrics) a fold's run logs as it ends: the weights, the tables its plots are drawn from (confusion
     matrix and most-wrong images for classifiers) and, for collab, what the model learned (lesson5.interpret)."""
@@ -177,7 +181,7 @@ def _artifacts(conf: Config, data: datasets.Data, fold: datasets.Fold, learn: Le
 def _mlflow_model(model: torch.nn.Module, fold: datasets.Fold) -> bytes:
     """The payload of an MLflow model: the CPU model in eval mode and an example batch with its output (for the
     signature), pickled here so that the writer, not the trainer, pays for MLflow's model code."""
-    x = torch.stack([_input(fold.valid, i) for i in range(5)])
+    x = torch.stack([_input(fold.valid, i) for i in range(min(5, _size(fold.valid)))])
     model = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
         out = model(x)
@@ -225,9 +229,9 @@ def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[C
     device = pick_device(conf.trainer.device, conf.model.name)  # a missing device is refused before the tracker or the data
     own_tracker = tracker is None and conf.tracking.enabled
     if own_tracker:
+        # the writer imports MLflow while the data loads
         tracker = Tracker(conf.tracking.uri, offline=conf.tracking.mode is TrackingMode.offline,
-                          models=conf.tracking.log_model)  # imports
-        # MLflow in the writer while the data loads
+                          models=conf.tracking.log_model)
     try:
         return _run(cfg, conf, device, overrides, callbacks, tracker if conf.tracking.enabled else None,
                     parent_run_id, tags or {}, end_tags or (lambda end: {}))

@@ -72,7 +72,7 @@ class StageStats(Callback):
 
     def __init__(self, device: torch.device):
         self.device, self.epoch_seconds = device, []
-        self._peak = _PeakRss() if device.type == "cpu" else None
+        self._peak = None if device.type == "cuda" else _PeakRss()
 
     def before_fit(self, learn: Learner) -> None:
         if self.device.type == "cuda":
@@ -141,9 +141,10 @@ class StageResult:
 
 def fit(learn: Learner, stage: StageConf, conf: Config, scheduler: Optional[ParamScheduler],
         device: torch.device) -> StageResult:
-    """One stage: freeze or unfreeze, set each group's lr and the schedule, fit, and measure it."""
+    """One stage: freeze or unfreeze, set each group's lr and the schedule, fit, and measure it (only explicit
+    stages are measured: the implicit one of a run without stages logs nothing under its name)."""
     model = learn.model
-    groups = len(model.layer_groups()) if hasattr(model, "layer_groups") else 1
+    groups = len(model.layer_groups())
     lrs = slices.group_lrs(stage.lr, groups, conf.trainer.slice_div)
     extra = []
     if groups > 1:
@@ -152,16 +153,19 @@ def fit(learn: Learner, stage: StageConf, conf: Config, scheduler: Optional[Para
             head = {id(p) for p in model.layer_groups()[-1]}
             extra.append(FrozenBatchNorm([m for m in model.modules() if isinstance(m, BN_TYPES)
                                           and not any(id(p) in head for p in m.parameters())]))
-    stats = StageStats(device)
+    stats = StageStats(device) if conf.trainer.stages else None
     if scheduler is not None and stage.schedule is not None:
         scheduler.conf = dataclasses.replace(conf.schedule, name=stage.schedule)
-    for cb in (stats, *extra):
+    added = [cb for cb in (stats, *extra) if cb is not None]
+    for cb in added:
         learn.add(cb)
     try:
         metrics = learn.fit(stage.epochs, lrs)
     finally:
-        learn.callbacks = [cb for cb in learn.callbacks if cb not in (stats, *extra)]
+        learn.callbacks = [cb for cb in learn.callbacks if cb not in added]
         if scheduler is not None:
             scheduler.conf = conf.schedule
+    if stats is None:
+        return StageResult(stage.name, lrs, [], float("nan"), dict(metrics))
     return StageResult(stage.name, lrs, stats.epoch_seconds, stats.peak_memory_mb(), dict(metrics))
 

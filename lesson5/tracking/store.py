@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -71,6 +72,17 @@ def open_client(uri: str):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)  # the first touch sets the store up, and reports a bad one now
     return client
+
+
+def log_files(client, run_id: str, files: dict[str, bytes]) -> None:
+    """Artifacts by their path in the run, in one log_artifacts call from a temporary tree of those paths."""
+    if not files:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for rel, data in files.items():
+            (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / rel).write_bytes(data)
+        client.log_artifacts(run_id, tmp)
 
 
 # What MLflow 3's UI reads to open an experiment on its runs table (the model-training view), not the GenAI overview.

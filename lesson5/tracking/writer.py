@@ -25,7 +25,7 @@ from lesson5.process import fast_exit, pause_gc, resume_gc
 from lesson5.tracking.messages import (Close, Closed, EndRun, Failed, LogFiles, LogMetrics, LogModel, StartRun,
                                        Started)
 from lesson5.tracking.spool import ROOT, Known, Spool
-from lesson5.tracking.store import experiment_id, fail_fast_http, fail_run, open_client
+from lesson5.tracking.store import experiment_id, fail_fast_http, fail_run, log_files, open_client
 
 PER_CALL = {"metrics": 1000, "params": 100}  # MLflow's log_batch limits
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's system tag for nested runs
@@ -98,16 +98,10 @@ class Writer:
         self._log_batch(run.run_id, "metrics", [Metric(k, v, msg.timestamp, s) for k, v, s in msg.rows])
 
     def files(self, msg: LogFiles) -> None:
-        """All of a message's files in one log_artifacts call, from a temporary tree of their run paths."""
+        """All of a message's files in one log_artifacts call; JSON ones are kept for the plots drawn at the end."""
         run = self.runs[msg.rid]
-        with tempfile.TemporaryDirectory() as tmp:
-            for rel, data in msg.files.items():
-                (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
-                (Path(tmp) / rel).write_bytes(data)
-                if rel.endswith(".json"):  # data for the plots drawn when the run ends
-                    run.tables[rel] = json.loads(data)
-            if msg.files:
-                self.client.log_artifacts(run.run_id, tmp)
+        run.tables.update({rel: json.loads(data) for rel, data in msg.files.items() if rel.endswith(".json")})
+        log_files(self.client, run.run_id, msg.files)
 
     def model(self, msg: LogModel) -> None:
         """An MLflow model with its signature, as a logged model of the run's: `runs:/<run id>/<name>` loads it
