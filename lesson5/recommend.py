@@ -45,6 +45,16 @@ def for_new_user(loaded, k: int = 10, min_ratings: int = 50) -> pd.DataFrame:
     return items.sort_values("bias", ascending=False).head(k).reset_index(drop=True)
 
 
+def _count(opts: dict[str, str], key: str, default: int) -> int:
+    try:
+        value = int(opts.get(key, default))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{key}={opts[key]}: expected a whole number >= 0")
+    return value
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("-") or "=" in argv[0]:
@@ -57,7 +67,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if "user" not in opts:
             raise ConfigError("give user=<id> (a user of the run's data) or user=new")
-        k, min_ratings = int(opts.get("k", 10)), int(opts.get("min_ratings", 50))
+        k, min_ratings = (_count(opts, key, default) for key, default in (("k", 10), ("min_ratings", 50)))
         loaded = load_run(run_id, opts.get("tracking.uri"), kind="collab")
         table = for_new_user(loaded, k, min_ratings) if opts["user"] == "new" else for_user(loaded, opts["user"], k)
     except (Lesson5Error, ValueError) as e:

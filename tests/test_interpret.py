@@ -151,3 +151,8 @@ def test_spearman_is_pandas_spearman_without_scipy_at_import():
     rng = np.random.default_rng(0)
     t = pd.DataFrame({"bias": rng.normal(size=40), "mean_rating": rng.integers(1, 6, 40).astype(float)})
     assert interpret.spearman(t) == pytest.approx(t.bias.corr(t.mean_rating, method="spearman"))
+
+
+def test_recommend_refuses_a_bad_count_naming_it(capsys):
+    assert recommend.main(["0" * 32, "user=new", "k=abc"]) == 2
+    assert "k=abc: expected a whole number >= 0" in capsys.readouterr().err
