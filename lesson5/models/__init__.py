@@ -1,31 +1,34 @@
-"""Models by name. Each declares its `loss` and its `layer_groups()`; the training loop knows nothing else."""
+"""Core: models by name. Each is declared once (`lesson5.components.ModelSpec`, the built-in ones in
+`lesson5.config`); the tables here derive from those declarations, and the training loop knows a model only by its
+`loss` and its `layer_groups()`."""
 
 from __future__ import annotations
 
-import importlib
-
 from typing import TYPE_CHECKING
+
+from lesson5 import config  # noqa: F401 - declares the built-in models, and imports the plugins, before the tables
+from lesson5.components import LOGGED, MODELS, model_spec
+from lesson5.errors import ConfigError
 
 if TYPE_CHECKING:  # torch stays out of processes that only check configs (the sweep driver)
     from torch import nn
 
-# name -> module with a build(conf, data) -> nn.Module; a new model is one new file and one line here.
-REGISTRY = {"collab": "lesson5.models.collab", "logistic": "lesson5.models.mnist", "mlp": "lesson5.models.mnist",
-            "resnet34": "lesson5.models.vision", "efficientnet_lite0": "lesson5.models.vision"}
+REGISTRY = {name: spec.build for name, spec in MODELS.items()}  # name -> its builder
+LOSSES = {name: spec.loss for name, spec in MODELS.items()}  # what it trains on; LOGGED[loss]: what an epoch logs
+GROUPS = {name: spec.groups for name, spec in MODELS.items()}  # for checking stage lrs without torch
+GROUPS_OF_BODIES = {name: spec.groups for name, spec in MODELS.items() if spec.takes_weights}  # pretrained bodies
+
+__all__ = ["GROUPS", "GROUPS_OF_BODIES", "LOGGED", "LOSSES", "MODELS", "REGISTRY", "build"]
 
 
-def build(conf, data, tracking_uri=None) -> "nn.Module":
-    """The model conf.name selects, sized by the data (`tracking_uri`: where weights given as a run id live)."""
-    module = importlib.import_module(REGISTRY[conf.name])
-    return module.build(conf, data, tracking_uri) if conf.name in GROUPS_OF_BODIES else module.build(conf, data)
-
-
-# The loss each model declares (its class's `loss`), and the metrics an epoch then reports (train_loss and what
-# lesson5.metrics computes): for checking a sweep's objective without importing torch. Tests tie both to the code.
-LOSSES = {"collab": "mse", "logistic": "cross_entropy", "mlp": "cross_entropy", "resnet34": "cross_entropy",
-          "efficientnet_lite0": "cross_entropy"}
-# How many layer groups each model's layer_groups() returns, for checking stage lrs without torch.
-GROUPS_OF_BODIES = {"resnet34": 3, "efficientnet_lite0": 3}
-GROUPS = {"collab": 1, "logistic": 1, "mlp": 1, **GROUPS_OF_BODIES}
-LOGGED = {"mse": ("train_loss", "valid_loss", "valid_rmse", "valid_mae"),
-          "cross_entropy": ("train_loss", "valid_loss", "valid_accuracy")}
+def build(conf, data, tracking_uri=None) -> nn.Module:
+    """The model conf.name selects, sized by the data, carrying its declared `loss` (`tracking_uri`: where
+    weights given as a run id live, for models that take weights)."""
+    spec = model_spec(conf.name)
+    make = spec.builder()
+    model = make(conf, data, tracking_uri) if spec.takes_weights else make(conf, data)
+    model.loss = spec.loss
+    if len(model.layer_groups()) != spec.groups:  # stage lrs were checked against the declared count
+        raise ConfigError(f"model={conf.name}: layer_groups() returns {len(model.layer_groups())} groups but its "
+                          f"declaration says groups={spec.groups}; make them agree")
+    return model

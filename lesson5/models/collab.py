@@ -1,8 +1,10 @@
-"""The lesson's collaborative-filtering model: a dot product of embeddings plus biases, squashed into y_range."""
+"""Core: the lesson's collaborative-filtering model, a dot product of embeddings plus biases squashed into y_range
+(declared as model=collab in lesson5.config)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -19,8 +21,6 @@ def embedding(n: int, dim: int) -> nn.Embedding:
 
 class EmbeddingDotBias(nn.Module):
     """rating = sigmoid(u·i + user_bias + item_bias) * (hi - lo) + lo (fastai's EmbeddingDotBias)."""
-
-    loss = "mse"
 
     def __init__(self, n_users: int, n_items: int, n_factors: int, y_range: Optional[Sequence[float]] = None):
         super().__init__()
@@ -44,4 +44,5 @@ class EmbeddingDotBias(nn.Module):
 
 
 def build(conf, data) -> EmbeddingDotBias:
+    """The model for conf (lesson5.config.CollabConf), sized by the data's users and items."""
     return EmbeddingDotBias(data.sizes["n_users"], data.sizes["n_items"], conf.n_factors, conf.y_range)

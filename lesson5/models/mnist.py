@@ -1,4 +1,5 @@
-"""The lesson's MNIST models: `Mnist_Logistic` (784->10) and `Mnist_NN` (784->50->10 with ReLU)."""
+"""Core: the lesson's MNIST models, `Mnist_Logistic` (784->10) and `Mnist_NN` (784->50->10 with ReLU), declared as
+model=logistic and model=mlp in lesson5.config."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ from torch import Tensor, nn
 
 class Classifier(nn.Module):
     """Linear layers with ReLU between them; optional batch norm and dropout (the lesson's regularizers)."""
-
-    loss = "cross_entropy"
 
     def __init__(self, sizes: list[int], dropout: float = 0.0, batchnorm: bool = False):
         super().__init__()
@@ -30,8 +29,11 @@ class Classifier(nn.Module):
         return [list(self.parameters())]
 
 
-def build(conf, data) -> Classifier:
-    n_in, n_out = data.sizes["n_inputs"], data.sizes["n_classes"]
-    if conf.name == "logistic":
-        return Classifier([n_in, n_out])
-    return Classifier([n_in, *conf.hidden, n_out], conf.dropout, conf.batchnorm)
+def logistic(conf, data) -> Classifier:
+    """Mnist_Logistic: one Linear from the data's inputs to its classes."""
+    return Classifier([data.sizes["n_inputs"], data.sizes["n_classes"]])
+
+
+def mlp(conf, data) -> Classifier:
+    """Mnist_NN with conf's hidden sizes, dropout and batch norm (lesson5.config.MlpConf)."""
+    return Classifier([data.sizes["n_inputs"], *conf.hidden, data.sizes["n_classes"]], conf.dropout, conf.batchnorm)

@@ -1,4 +1,4 @@
-"""Pretrained image bodies with fastai's head, for fine-tuning in stages (`model=resnet34`, `efficientnet_lite0`).
+"""Core: pretrained image bodies with fastai's head, for fine-tuning in stages (`model=resnet34`, `efficientnet_lite0`).
 
 The lesson's transfer-learning recipe: keep an ImageNet body, cut before its pooling and classifier, and put a new
 head on it: concat pooling (average and max, so 2x the body's features), flatten, then BatchNorm, Dropout(0.25),
@@ -44,8 +44,6 @@ def head(features: int, n_classes: int, pool: str = "concat", hidden: int = 512,
 
 class Transfer(nn.Module):
     """A body and a head; `splits` cut the body into the layer groups before the head's."""
-
-    loss = "cross_entropy"
 
     def __init__(self, body: nn.Sequential, head: nn.Sequential, splits: tuple[int, ...]):
         super().__init__()
@@ -227,6 +225,7 @@ def resolve(spec: str, tracking_uri: Optional[str]) -> Optional[str]:
 
 
 def build(conf, data, tracking_uri: Optional[str] = None) -> Transfer:
+    """The body conf.name names, with conf's weights, and a head for the data's classes."""
     make, features, splits = BODIES[conf.name]
     body = make()
     weights = resolve(conf.weights, tracking_uri)

@@ -1,0 +1,160 @@
+"""Core: every model and data set is declared once, as a `ModelSpec` or `DataSpec`; all their tables derive from it.
+
+A declaration holds a component's facts: its schema (keys, defaults, ranges), its builder, and for a model its
+loss, layer-group count, default data, device preference and recipe. `declare` files it under its name and puts
+its Hydra options in the ConfigStore: `model=<name>`, `data=<name>`, and the model's `data: of/<name>` and
+`recipe: <name>` (conf/config.yaml's defaults), so no YAML file repeats it. `lesson5.config` declares the
+built-in ones; `lesson5.models`, `lesson5.data` and `lesson5.run` read these tables.
+
+Adding a model takes one file and one line. The file declares it::
+
+    # my_model.py
+    from dataclasses import dataclass
+    from lesson5.components import ModelSpec, declare
+    from lesson5.config import ModelConf, rule
+
+    @dataclass
+    class WideConf(ModelConf):
+        width: int = rule(lambda v: v >= 1, "an integer >= 1", 100)
+
+    declare(ModelSpec(name="wide", schema=WideConf, build="my_model_net:build", loss="cross_entropy",
+                      data="mnist", recipe={"optim": {"lr": 1e-2}, "trainer": {"epochs": 3}}))
+
+and the line registers it: `LESSON5_PLUGINS=my_model` in the environment (a comma-separated list of modules on
+the Python path), imported whenever `lesson5.config` is, so `python -m lesson5 model=wide`, `lesson5.compose`,
+sweeps and their workers all see it. `build(conf, data)` returns an `nn.Module` with a `layer_groups()` that
+returns `groups` lists of parameters. Give `build` as "module:function" to import torch only when training (the
+sweep driver checks configs without torch), or as the function itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Union
+
+from hydra.core.config_store import ConfigStore
+
+from lesson5.errors import ConfigError
+
+PLUGINS_ENV = "LESSON5_PLUGINS"
+# What an epoch reports for each loss a model may declare (train_loss and what lesson5.metrics computes), for
+# checking a sweep's objective without torch; tests/test_sweep.py ties it to the code.
+LOGGED = {"mse": ("train_loss", "valid_loss", "valid_rmse", "valid_mae"),
+          "cross_entropy": ("train_loss", "valid_loss", "valid_accuracy")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """A data set: `build(conf) -> lesson5.data.Data`; `gives` is the kind of data a model may ask for."""
+
+    name: str
+    schema: type  # a lesson5.config.DataConf dataclass
+    build: Union[str, Callable]  # "module:function", imported when the data is read, or the function
+    gives: str  # e.g. "ratings": a model reads the data sets that give what its default data gives
+    defaults: dict = field(default_factory=dict)  # where this data set differs from its schema's field defaults
+
+    def node(self) -> Any:
+        """The schema filled in for this data set: its Hydra option `data=<name>`."""
+        return self.schema(name=self.name, **self.defaults)
+
+    def builder(self) -> Callable:
+        return _resolve(self.build, f"data={self.name}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """A model: `build(conf, data) -> nn.Module`, and what is checked and chosen for it without torch."""
+
+    name: str
+    schema: type  # a lesson5.config.ModelConf dataclass
+    build: Union[str, Callable]  # "module:function", imported when a model is built, or the function
+    loss: str  # a key of LOGGED (lesson5.losses has both)
+    data: str  # the data set it reads unless data= says otherwise
+    recipe: dict  # its task's hyper-parameters, merged at the top level: {"optim": {"lr": ...}, "trainer": ...}
+    groups: int = 1  # how many layer groups its layer_groups() returns (stages give each its own lr)
+    device: str = "auto"  # "cpu": trainer.device=auto keeps it off the GPU (too small for one to help)
+    defaults: dict = field(default_factory=dict)  # where this model differs from its schema's field defaults
+
+    def node(self) -> Any:
+        """The schema filled in for this model: its Hydra option `model=<name>`."""
+        return self.schema(name=self.name, **self.defaults)
+
+    def builder(self) -> Callable:
+        return _resolve(self.build, f"model={self.name}")
+
+    @property
+    def takes_weights(self) -> bool:
+        """Whether it loads pretrained weights (`model.weights`), which may name a run in the tracking store."""
+        return any(f.name == "weights" for f in fields(self.schema))
+
+
+DATASETS: dict[str, DataSpec] = {}
+MODELS: dict[str, ModelSpec] = {}
+
+
+def declare(spec: Union[ModelSpec, DataSpec]) -> None:
+    """File a model or data set under its name and put its Hydra options in the ConfigStore."""
+    kind, table = ("model", MODELS) if isinstance(spec, ModelSpec) else ("data set", DATASETS)
+    problems = [] if spec.name.isidentifier() else ["its name must be a Python identifier"]
+    if spec.name in table:
+        problems.append(f"a {kind} of that name is already declared (by {table[spec.name].schema.__module__})")
+    if not is_dataclass(spec.schema) or "name" not in {f.name for f in fields(spec.schema)}:
+        problems.append("schema must be a dataclass derived from lesson5.config.ModelConf or DataConf")
+    if isinstance(spec, ModelSpec):
+        if spec.loss not in LOGGED:
+            problems.append(f"loss={spec.loss!r} is not one of {', '.join(LOGGED)}")
+        if spec.data not in DATASETS:
+            problems.append(f"data={spec.data!r} is not a declared data set ({', '.join(DATASETS)})")
+        if spec.groups < 1 or spec.device not in ("auto", "cpu"):
+            problems.append("groups must be >= 1 and device auto or cpu")
+    if problems:
+        raise ConfigError(f"{kind} {spec.name!r} cannot be declared: {'; '.join(problems)}")
+    table[spec.name] = spec
+    cs = ConfigStore.instance()
+    if isinstance(spec, DataSpec):
+        cs.store(group="data", name=spec.name, node=spec.node())
+        return
+    cs.store(group="model", name=spec.name, node=spec.node())
+    cs.store(group="data/of", name=spec.name, node=DATASETS[spec.data].node())  # config.yaml: data: of/${model}
+    cs.store(group="recipe", name=spec.name, node=spec.recipe, package="_global_")  # recipe: ${model}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The declaration of model=name, or a ConfigError listing the declared ones."""
+    if name not in MODELS:
+        raise ConfigError(f"model={name} is not declared here (models: {', '.join(MODELS)}); a plugin's model "
+                          f"needs its module in {PLUGINS_ENV}")
+    return MODELS[name]
+
+
+def data_spec(name: str) -> DataSpec:
+    """The declaration of data=name, or a ConfigError listing the declared ones."""
+    if name not in DATASETS:
+        raise ConfigError(f"data={name} is not declared here (data sets: {', '.join(DATASETS)}); a plugin's data "
+                          f"set needs its module in {PLUGINS_ENV}")
+    return DATASETS[name]
+
+
+def load_plugins() -> None:
+    """Import the modules named in $LESSON5_PLUGINS (comma-separated), each declaring its components."""
+    value = os.environ.get(PLUGINS_ENV, "")
+    for module in filter(None, (m.strip() for m in value.split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"{PLUGINS_ENV}={value}: cannot import {module} ({e}). Put its folder on PYTHONPATH "
+                              f"(or install it), or remove it from {PLUGINS_ENV}.") from None
+
+
+def _resolve(build: Union[str, Callable], what: str) -> Callable:
+    if callable(build):
+        return build
+    module, _, attr = build.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{what}: its builder {build!r} cannot be imported ({e}); give it as 'module:function'") \
+            from None
