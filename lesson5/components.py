@@ -6,7 +6,7 @@ its Hydra options in the ConfigStore: `model=<name>`, `data=<name>`, and the mod
 `recipe: <name>` (conf/config.yaml's defaults), so no YAML file repeats it. `lesson5.config` declares the
 built-in ones; `lesson5.models`, `lesson5.data` and `lesson5.run` read these tables.
 
-Adding a model takes one file and one line. The file declares it::
+Adding a model takes one file and one line (tests/toy_model.py is one). The file declares it::
 
     # my_model.py
     from dataclasses import dataclass
@@ -17,14 +17,14 @@ Adding a model takes one file and one line. The file declares it::
     class WideConf(ModelConf):
         width: int = rule(lambda v: v >= 1, "an integer >= 1", 100)
 
-    declare(ModelSpec(name="wide", schema=WideConf, build="my_model_net:build", loss="cross_entropy",
+    declare(ModelSpec(name="wide", schema=WideConf, build="my_model:build", loss="cross_entropy",
                       data="mnist", recipe={"optim": {"lr": 1e-2}, "trainer": {"epochs": 3}}))
 
-and the line registers it: `LESSON5_PLUGINS=my_model` in the environment (a comma-separated list of modules on
-the Python path), imported whenever `lesson5.config` is, so `python -m lesson5 model=wide`, `lesson5.compose`,
-sweeps and their workers all see it. `build(conf, data)` returns an `nn.Module` with a `layer_groups()` that
-returns `groups` lists of parameters. Give `build` as "module:function" to import torch only when training (the
-sweep driver checks configs without torch), or as the function itself.
+and the line registers it: `LESSON5_PLUGINS=my_model` in the environment (comma-separated modules on the Python
+path), imported whenever `lesson5.config` is, so `python -m lesson5 model=wide`, `lesson5.compose`, sweeps and
+their workers all see it. `build(conf, data)` returns an `nn.Module` whose `layer_groups()` gives `groups` lists
+of parameters. The built-in declarations name their builders ("module:function") so that checking a config
+imports no torch (the sweep driver's case); a plugin that imports torch at its top brings torch along.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 from hydra.core.config_store import ConfigStore
 
@@ -47,43 +47,49 @@ LOGGED = {"mse": ("train_loss", "valid_loss", "valid_rmse", "valid_mae"),
 
 
 @dataclass(frozen=True, kw_only=True)
-class DataSpec:
-    """A data set: `build(conf) -> lesson5.data.Data`; `gives` is the kind of data a model may ask for."""
+class Spec:
+    """What every declaration has: a name, a schema and a builder."""
 
+    key: ClassVar[str]  # its config group
     name: str
-    schema: type  # a lesson5.config.DataConf dataclass
-    build: Union[str, Callable]  # "module:function", imported when the data is read, or the function
-    gives: str  # e.g. "ratings": a model reads the data sets that give what its default data gives
-    defaults: dict = field(default_factory=dict)  # where this data set differs from its schema's field defaults
+    schema: type  # its lesson5.config.ModelConf or DataConf dataclass: keys, defaults, ranges
+    build: Union[str, Callable]  # "module:function", imported only when it is built, or the function itself
+    defaults: dict = field(default_factory=dict)  # where it differs from its schema's field defaults
 
     def node(self) -> Any:
-        """The schema filled in for this data set: its Hydra option `data=<name>`."""
+        """The schema filled in for it: its Hydra option (`model=<name>`, `data=<name>`)."""
         return self.schema(name=self.name, **self.defaults)
 
     def builder(self) -> Callable:
-        return _resolve(self.build, f"data={self.name}")
+        """Its build function, imported now when given by name."""
+        if callable(self.build):
+            return self.build
+        module, _, attr = self.build.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"{self.key}={self.name}: its builder {self.build!r} cannot be imported ({e}); give "
+                              f"it as 'module:function'") from None
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelSpec:
+class DataSpec(Spec):
+    """A data set: `build(conf) -> lesson5.data.Data`."""
+
+    key: ClassVar[str] = "data"
+    gives: str  # e.g. "ratings": a model reads the data sets that give what its default data gives
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec(Spec):
     """A model: `build(conf, data) -> nn.Module`, and what is checked and chosen for it without torch."""
 
-    name: str
-    schema: type  # a lesson5.config.ModelConf dataclass
-    build: Union[str, Callable]  # "module:function", imported when a model is built, or the function
-    loss: str  # a key of LOGGED (lesson5.losses has both)
+    key: ClassVar[str] = "model"
+    loss: str  # a key of LOGGED (lesson5.losses has each)
     data: str  # the data set it reads unless data= says otherwise
     recipe: dict  # its task's hyper-parameters, merged at the top level: {"optim": {"lr": ...}, "trainer": ...}
     groups: int = 1  # how many layer groups its layer_groups() returns (stages give each its own lr)
     device: str = "auto"  # "cpu": trainer.device=auto keeps it off the GPU (too small for one to help)
-    defaults: dict = field(default_factory=dict)  # where this model differs from its schema's field defaults
-
-    def node(self) -> Any:
-        """The schema filled in for this model: its Hydra option `model=<name>`."""
-        return self.schema(name=self.name, **self.defaults)
-
-    def builder(self) -> Callable:
-        return _resolve(self.build, f"model={self.name}")
 
     @property
     def takes_weights(self) -> bool:
@@ -95,7 +101,7 @@ DATASETS: dict[str, DataSpec] = {}
 MODELS: dict[str, ModelSpec] = {}
 
 
-def declare(spec: Union[ModelSpec, DataSpec]) -> None:
+def declare(spec: Spec) -> None:
     """File a model or data set under its name and put its Hydra options in the ConfigStore."""
     kind, table = ("model", MODELS) if isinstance(spec, ModelSpec) else ("data set", DATASETS)
     problems = [] if spec.name.isidentifier() else ["its name must be a Python identifier"]
@@ -123,19 +129,20 @@ def declare(spec: Union[ModelSpec, DataSpec]) -> None:
 
 
 def model_spec(name: str) -> ModelSpec:
-    """The declaration of model=name, or a ConfigError listing the declared ones."""
-    if name not in MODELS:
-        raise ConfigError(f"model={name} is not declared here (models: {', '.join(MODELS)}); a plugin's model "
-                          f"needs its module in {PLUGINS_ENV}")
-    return MODELS[name]
+    """The declaration of model=name, or a ConfigError naming those declared."""
+    return _find(MODELS, "model", name)
 
 
 def data_spec(name: str) -> DataSpec:
-    """The declaration of data=name, or a ConfigError listing the declared ones."""
-    if name not in DATASETS:
-        raise ConfigError(f"data={name} is not declared here (data sets: {', '.join(DATASETS)}); a plugin's data "
-                          f"set needs its module in {PLUGINS_ENV}")
-    return DATASETS[name]
+    """The declaration of data=name, or a ConfigError naming those declared."""
+    return _find(DATASETS, "data", name)
+
+
+def _find(table: dict, key: str, name: str):
+    if name not in table:
+        raise ConfigError(f"{key}={name} is not declared here (only {', '.join(table)}); a plugin's needs its "
+                          f"module in {PLUGINS_ENV}")
+    return table[name]
 
 
 def load_plugins() -> None:
@@ -148,13 +155,3 @@ def load_plugins() -> None:
             raise ConfigError(f"{PLUGINS_ENV}={value}: cannot import {module} ({e}). Put its folder on PYTHONPATH "
                               f"(or install it), or remove it from {PLUGINS_ENV}.") from None
 
-
-def _resolve(build: Union[str, Callable], what: str) -> Callable:
-    if callable(build):
-        return build
-    module, _, attr = build.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"{what}: its builder {build!r} cannot be imported ({e}); give it as 'module:function'") \
-            from None
