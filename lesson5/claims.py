@@ -15,14 +15,13 @@ import itertools
 import math
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
+from lesson5.sweep.spec import SWEEPS
 from lesson5.sweep.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, judge as judge_trials
 
 NOT_TESTED = "not yet tested"
 EXPERIMENT = "lesson5-claims"
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
 
 @dataclass

@@ -19,10 +19,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lesson5 import slices
@@ -355,7 +359,10 @@ class Config:
 
 # conf/ at the top of the checkout, shipped inside the package as lesson5.conf (pyproject.toml's package-dir), so
 # an installed wheel and an editable checkout both find it as a package.
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# conf/ at the top of the checkout, shipped inside the package as lesson5.conf (pyproject.toml's package-dir), so
+# an installed wheel and an editable checkout both find it as a package.
+CONF_PACKAGE = "lesson5.conf"
+CONF_DIR = Path(str(files(CONF_PACKAGE)))
 
 
 def register() -> None:
@@ -372,15 +379,21 @@ def register() -> None:
 register()  # once, on import: every way of composing (CLI, compose, sweeps) sees the same schemas
 
 
-def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config `python -m lesson5 <overrides>` would run, for tests, benchmarks and sweep workers."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
+def compose(overrides: Sequence[str] = (), config_dirs: Sequence[str | Path] = ()) -> DictConfig:
+    """The config `python -m lesson5 <overrides>` would run, for scripts, tests, benchmarks and sweep workers;
+    `config_dirs` are folders of the user's own configs (`experiment/NAME.yaml`...), searched after the shipped ones."""
+    overrides = [*overrides, searchpath(config_dirs)] if config_dirs else list(overrides)
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app (the CLI): compose with its loader
-        return hydra_compose(config_name="config", overrides=list(overrides))
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=overrides)
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def searchpath(config_dirs: Sequence[str | Path]) -> str:
+    """The Hydra override that adds these folders to the config search path (made absolute: Hydra would resolve
+    them against whatever folder it runs in); as an override, it reaches every process that composes with it."""
+    paths = [str(Path(d).expanduser().resolve()).replace("\\", "\\\\").replace("'", "\\'") for d in config_dirs]
+    return "hydra.searchpath=[" + ",".join(f"'file://{p}'" for p in paths) + "]"
 
 
 def _problems(obj: Any, prefix: str) -> list[str]:

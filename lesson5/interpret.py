@@ -1,5 +1,5 @@
-"""`python -m lesson5.interpret <run id> [--min-ratings N] [overrides]`: what a collab model learned, as the lesson
-reads it, logged to that run.
+"""Apps: `lesson5-interpret <run id> [min_ratings=N] [tracking.uri=URI]` (or `python -m lesson5.interpret`): what a
+collab model learned, as the lesson reads it, logged to that run.
 
 - `interpret/item_bias.csv`: every item's `title`, `bias`, `mean_rating` and `n_ratings`, sorted by bias (items
   with fewer than `min_ratings` ratings left out); the terminal shows the 15 lowest and the 15 highest.
@@ -16,7 +16,6 @@ run, loaded back from MLflow alone (`lesson5.load`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Optional
@@ -24,6 +23,9 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import torch
+
+from lesson5 import cli
+from lesson5.errors import ConfigError
 
 MIN_RATINGS = 50  # as the lesson looks at the most-rated movies (its top 1000 of 1,682 have about 30 or more)
 SHOW = 15
@@ -110,7 +112,7 @@ def show(items: pd.DataFrame, min_ratings: int, rho: float, file=None) -> None:
     """The lesson's two tables: the 15 lowest and the 15 highest biases."""
     file = file or sys.stdout
     if items.empty:
-        print(f"No item has {min_ratings} or more ratings: the table is empty. Lower --min-ratings.", file=file)
+        print(f"No item has {min_ratings} or more ratings: the table is empty. Lower min_ratings=.", file=file)
         return
     with pd.option_context("display.width", 120, "display.max_colwidth", 45):
         print(f"Lowest item biases (items with >= {min_ratings} ratings):", file=file)
@@ -120,32 +122,39 @@ def show(items: pd.DataFrame, min_ratings: int, rho: float, file=None) -> None:
     print(f"\nSpearman correlation of bias and mean rating: {rho:.3f} ({len(items)} items)", file=file)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lesson5.interpret", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_id")
-    ap.add_argument("--min-ratings", type=int, default=MIN_RATINGS)
-    ap.add_argument("overrides", nargs="*", help="tracking.uri=... (where the run is)")
-    args = ap.parse_intermixed_args(argv)
-    from lesson5.errors import Lesson5Error
-    from lesson5.load import load_run, tracking_uri
+COMMAND = cli.Command(
+    name="lesson5-interpret", module="lesson5.interpret",
+    summary="what a finished collab run's model learned, as the lesson reads it (its biases, the principal "
+            "components of its factors), printed and logged to that run as CSVs and plots.",
+    example="0123456789abcdef0123456789abcdef min_ratings=100",
+    arguments=(("run_id", "the MLflow run id of a finished collab run"),),
+    options=(cli.Option("min_ratings", int, "leave out items with fewer ratings than this", default=MIN_RATINGS,
+                        low=0),
+             cli.Option("tracking.uri", str, "the MLflow store that holds the run (default: lesson5's, "
+                                             "sqlite:///mlflow.db in this folder)")))
+
+
+def _interpret(args) -> int:
+    from lesson5.load import load_run
 
     try:
-        if args.min_ratings < 0:
-            raise ValueError("--min-ratings must be >= 0")
-        loaded = load_run(args.run_id, tracking_uri(args.overrides), kind="collab")
+        loaded = load_run(args.run_id, args.tracking_uri, kind="collab")
         files, metrics, items = artifacts(loaded.model, loaded.data, args.min_ratings)
         from lesson5 import plots
 
         tables = {k: json.loads(v) for k, v in files.items() if k.endswith(".json")}
         files.update(dict(plots.run_plots({}, tables)))
         loaded.log(files, metrics)
-    except (Lesson5Error, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     show(items, args.min_ratings, metrics.get("interpret_spearman_bias_mean_rating", float("nan")))
     print(f"\nLogged {', '.join(sorted(files))} to run {args.run_id}.")
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """The `lesson5-interpret` command (argv: default sys.argv[1:]); its exit code."""
+    return cli.run(COMMAND, argv, _interpret)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,20 @@
-"""`python -m lesson5.lr_find [overrides]`: fastai's learning-rate finder (Smith, "Cyclical Learning Rates",
-arXiv:1506.01186), for any lesson5 config.
+"""Apps: `lesson5-lr-find [start_lr=1e-7] [end_lr=10] [overrides]` (or `python -m lesson5.lr_find`): fastai's
+learning-rate finder (Smith, "Cyclical Learning Rates", arXiv:1506.01186), for any lesson5 config.
 
 Over one pass of the training data the lr grows exponentially from `start_lr` to `end_lr`, one step at a time;
 the pass stops once the smoothed loss exceeds 4x its minimum. It plots the loss against the lr, suggests the lr
 where the smoothed loss falls fastest (fastai v1's suggestion), and logs both to an MLflow run. The model is
 thrown away: nothing but the run is kept.
 
-Options (key=value, before any overrides): start_lr (1e-7), end_lr (10).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from typing import Optional
 
-from lesson5 import naming
+from lesson5 import cli, naming
 from lesson5.learner import Callback, CancelFit
 
 SMOOTH = 0.98  # fastai's exponential smoothing of the loss
@@ -127,19 +127,19 @@ def find(overrides: list[str], start_lr: float = 1e-7, end_lr: float = 10.0):
             tracker.close()
 
 
-def main(argv: list[str]) -> int:
-    from lesson5.errors import Lesson5Error
+COMMAND = cli.Command(
+    name="lesson5-lr-find", module="lesson5.lr_find",
+    summary="fastai's learning-rate finder for any lesson5 config: one pass with the lr growing exponentially "
+            "from start_lr to end_lr; it plots the loss against the lr, suggests an lr, and logs both to an MLflow "
+            "run.",
+    example="start_lr=1e-6 model=mlp data=mnist",
+    options=(cli.Option("start_lr", float, "the first step's lr", default=1e-7, above=0),
+             cli.Option("end_lr", float, "the lr the pass grows to", default=10.0, above=0)),
+    overrides="the run")
 
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    opts = {k: float(a.split("=", 1)[1]) for a in argv for k in ("start_lr", "end_lr") if a.startswith(k + "=")}
-    overrides = [a for a in argv if a.split("=", 1)[0] not in opts]
-    try:
-        finder, suggested, run_id = find(["trainer.progress=false", *overrides], **opts)
-    except Lesson5Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def _find(args) -> int:
+    finder, suggested, run_id = find(["trainer.progress=false", *args.overrides], args.start_lr, args.end_lr)
     print(f"lr finder: {len(finder.lrs)} steps from {finder.lrs[0]:.1e} to {finder.lrs[-1]:.1e}; "
           f"lowest smoothed loss {min(finder.losses):.4f}; suggested lr {suggested:.2e}")
     if run_id:
@@ -147,5 +147,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def main(argv: Optional[list[str]] = None) -> int:
+    """The `lesson5-lr-find` command (argv: default sys.argv[1:]); its exit code."""
+    return cli.run(COMMAND, argv, _find)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

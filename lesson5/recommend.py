@@ -1,5 +1,5 @@
-"""`python -m lesson5.recommend <run id> user=<id>|new [k=10] [min_ratings=50] [overrides]`: recommendations from
-a trained collab run.
+"""Apps: `lesson5-recommend <run id> user=<id>|new [k=10] [min_ratings=50] [tracking.uri=URI]` (or `python -m
+lesson5.recommend`): recommendations from a trained collab run.
 
 - A known user: the top-k items they have not rated, by predicted rating.
 - `user=new`: the lesson's cold-start advice, with nothing known of the user but the movies: the top-k items by
@@ -14,6 +14,7 @@ from typing import Optional
 import pandas as pd
 import torch
 
+from lesson5 import cli
 from lesson5.errors import ConfigError
 
 
@@ -45,37 +46,37 @@ def for_new_user(loaded, k: int = 10, min_ratings: int = 50) -> pd.DataFrame:
     return items.sort_values("bias", ascending=False).head(k).reset_index(drop=True)
 
 
-def _count(opts: dict[str, str], key: str, default: int) -> int:
-    try:
-        value = int(opts.get(key, default))
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ConfigError(f"{key}={opts[key]}: expected a whole number >= 0")
-    return value
+COMMAND = cli.Command(
+    name="lesson5-recommend", module="lesson5.recommend",
+    summary="recommendations from a trained collab run: a known user's top-k unseen items by predicted rating, "
+            "or with user=new the lesson's cold-start list (the top-k items by learned bias).",
+    example="0123456789abcdef0123456789abcdef user=new k=5",
+    arguments=(("run_id", "the MLflow run id of a finished collab run"),),
+    options=(cli.Option("user", str, "a user id of the run's data, or new", required=True),
+             cli.Option("k", int, "how many items to list", default=10, low=0),
+             cli.Option("min_ratings", int, "user=new: only items with at least this many ratings", default=50,
+                        low=0),
+             cli.Option("tracking.uri", str, "the MLflow store that holds the run (default: lesson5's, "
+                                             "sqlite:///mlflow.db in this folder)")))
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-") or "=" in argv[0]:
-        print(__doc__, file=sys.stderr)
-        return 2
-    run_id, opts = argv[0], dict(a.split("=", 1) for a in argv[1:] if "=" in a)
-    from lesson5.errors import Lesson5Error
+def _recommend(args) -> int:
     from lesson5.load import load_run
 
     try:
-        if "user" not in opts:
-            raise ConfigError("give user=<id> (a user of the run's data) or user=new")
-        k, min_ratings = (_count(opts, key, default) for key, default in (("k", 10), ("min_ratings", 50)))
-        loaded = load_run(run_id, opts.get("tracking.uri"), kind="collab")
-        table = for_new_user(loaded, k, min_ratings) if opts["user"] == "new" else for_user(loaded, opts["user"], k)
-    except (Lesson5Error, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        loaded = load_run(args.run_id, args.tracking_uri, kind="collab")
+        table = (for_new_user(loaded, args.k, args.min_ratings) if args.user == "new"
+                 else for_user(loaded, args.user, args.k))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     with pd.option_context("display.width", 120, "display.max_colwidth", 50):
         print(table.to_string(index=False, float_format="{:.3f}".format))
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """The `lesson5-recommend` command (argv: default sys.argv[1:]); its exit code."""
+    return cli.run(COMMAND, argv, _recommend)
 
 
 if __name__ == "__main__":

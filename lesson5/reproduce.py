@@ -1,19 +1,20 @@
-"""`python -m lesson5.reproduce [--quick] [--only KEY ...] [--out FILE] [overrides]`: re-test every claim of
-Lesson 5 (`lesson5.claims.CLAIMS`) and write the table of claim, test, numbers and verdict to `reports/claims.md`.
+"""Apps: `lesson5-reproduce [quick=true] [only=KEY,...] [reuse=false] [out=FILE] [overrides]` (or `python -m
+lesson5.reproduce`): re-test every claim of Lesson 5 (`lesson5.claims.CLAIMS`) and write the table of claim, test,
+numbers and verdict to `reports/claims.md`.
 
 Overrides (`tracking.uri=...`, say) apply to every run it makes. Runs go to the MLflow experiment
-`lesson5-claims`; a later report reuses the finished runs it finds there (`--no-reuse` runs everything again).
-`--quick` takes a few minutes on 2 CPU cores: fewer values and seeds, so more verdicts may be inconclusive.
+`lesson5-claims`; a later report reuses the finished runs it finds there (`reuse=false` runs everything again).
+`quick=true` runs fewer values and seeds, so more verdicts may be inconclusive.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
+from lesson5 import cli
 from lesson5.claims import CLAIMS, NOT_TESTED, Context
 
 
@@ -45,23 +46,33 @@ def markdown(rows: list[tuple], command: str, quick: bool, made: list[dict]) -> 
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lesson5.reproduce", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", nargs="+", metavar="KEY", choices=[c.key for c in CLAIMS])
-    ap.add_argument("--no-reuse", action="store_true")
-    ap.add_argument("--out", type=Path, default=Path("reports/claims.md"))
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_intermixed_args(argv)
-    ctx = Context(args.quick, list(args.overrides), reuse=not args.no_reuse)
+COMMAND = cli.Command(
+    name="lesson5-reproduce", module="lesson5.reproduce",
+    summary="re-test every claim of Lesson 5 with lesson5 runs (MLflow experiment lesson5-claims) and write the "
+            "table of claim, test, numbers and verdict, each verdict computed from its numbers.",
+    example="quick=true only=n_factors,wd tracking.uri=sqlite:///mlflow.db",
+    options=(cli.Option("quick", bool, "fewer values and seeds: a few minutes, more verdicts inconclusive",
+                        default=False),
+             cli.Option("only", list, "re-test only these claims", choices=[c.key for c in CLAIMS]),
+             cli.Option("reuse", bool, "reuse the finished runs of earlier reports", default=True),
+             cli.Option("out", Path, "the report's file", default=Path("reports/claims.md"))),
+    overrides="every run it makes")
+
+
+def _reproduce(args) -> int:
+    ctx = Context(args.quick, args.overrides, reuse=args.reuse)
     rows = measure_all(ctx, args.only)
-    command = " ".join(["python -m lesson5.reproduce", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m lesson5.reproduce", *args.argv])
     text = markdown(rows, command, args.quick, ctx.made)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """The `lesson5-reproduce` command (argv: default sys.argv[1:]); its exit code."""
+    return cli.run(COMMAND, argv, _reproduce)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""`python -m lesson5.sync [--to URI] [--dir FOLDER]`: send spooled runs to their MLflow store.
+"""Apps: `lesson5-sync [to=URI] [dir=FOLDER]` (or `python -m lesson5.sync`): send spooled runs to their MLflow store.
 
 Runs are spooled under `.lesson5/offline/` (of the folder the command ran from) when the store stopped answering
 mid-run, or always with `tracking.mode=offline`. Each spool is replayed through the tracking writer's own code,
-into the store it was meant for (or `--to`): runs that already exist there are continued, the others created,
+into the store it was meant for (or `to=`): runs that already exist there are continued, the others created,
 with their names, tags, parents, params, metrics (their steps and timestamps), artifacts, plots and final
 status. It is idempotent: the runs it creates are recorded in the spool as it goes (`state.json`), MLflow skips a
 metric row it already holds, and a spool is deleted only once all of it is in the store. Nothing to sync: says so.
@@ -10,14 +10,14 @@ metric row it already holds, and a spool is deleted only once all of it is in th
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 from pathlib import Path
 from typing import Optional
 
-from lesson5.errors import Lesson5Error, TrackingError
+from lesson5 import cli
+from lesson5.errors import TrackingError
 from lesson5.tracking.messages import StartRun
 from lesson5.tracking.spool import ROOT, Known, pending, read
 from lesson5.tracking.store import fail_fast_http
@@ -34,7 +34,7 @@ def sync_one(folder: Path, to: Optional[str] = None) -> list[str]:
         w = Writer(uri)
     except Exception as e:  # noqa: BLE001 - any failure to open the store
         raise TrackingError(f"cannot reach the MLflow store {uri} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                            f"the spool {folder} is kept: start the store, or pass --to URI") from None
+                            f"the spool {folder} is kept: start the store, or pass to=URI") from None
     state_path = folder / "state.json"
     state: dict[str, str] = json.loads(state_path.read_text()) if state_path.exists() else {}
     exists = lambda run_id: _exists(w.client, run_id)  # noqa: E731
@@ -70,26 +70,31 @@ def _exists(client, run_id: str) -> bool:
         return False
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lesson5.sync", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--to", help="the store to send to (default: the one each run was meant for)")
-    ap.add_argument("--dir", default=str(ROOT), help=f"where the spools are (default: {ROOT})")
-    args = ap.parse_args(argv)
+COMMAND = cli.Command(
+    name="lesson5-sync", module="lesson5.sync",
+    summary="send the runs spooled while their MLflow store was away (or with tracking.mode=offline) to the store; "
+            "idempotent, and a spool is deleted only once all of it is in the store.",
+    example="to=http://127.0.0.1:5000",
+    options=(cli.Option("to", str, "the store to send to (default: the one each run was meant for)"),
+             cli.Option("dir", Path, "where the spools are", default=ROOT)))
+
+
+def _sync(args) -> int:
     fail_fast_http()
-    spools = pending(Path(args.dir))
+    spools = pending(args.dir)
     if not spools:
-        print(f"nothing to sync: no spooled runs under {Path(args.dir).resolve()}")
+        print(f"nothing to sync: no spooled runs under {args.dir.resolve()}")
         return 0
-    try:
-        for folder in spools:
-            run_ids = sync_one(folder, args.to)
-            print(f"synced {folder.name}: {len(run_ids)} run(s) ({', '.join(run_ids)})")
-    except Lesson5Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for folder in spools:
+        run_ids = sync_one(folder, args.to)
+        print(f"synced {folder.name}: {len(run_ids)} run(s) ({', '.join(run_ids)})")
     return 0
 
 
+def main(argv: Optional[list[str]] = None) -> int:
+    """The `lesson5-sync` command (argv: default sys.argv[1:]); its exit code."""
+    return cli.run(COMMAND, argv, _sync)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

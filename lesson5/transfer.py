@@ -1,5 +1,5 @@
-"""`python -m lesson5.transfer [--quick] [--seeds N] [overrides]`: the lesson's transfer-learning claims, measured
-offline, written to `reports/transfer.md`.
+"""Apps: `lesson5-transfer [quick=true] [seeds=N] [out=FILE] [overrides]` (or `python -m lesson5.transfer`): the
+lesson's transfer-learning claims, measured offline, written to `reports/transfer.md`.
 
 1. Pretrain resnet34 from scratch on Fashion-MNIST (upscaled to 3 channels), logging its weights.
 2. Fine-tune from that run on the MNIST 5k subset, frozen then unfrozen with discriminative lrs, against the same
@@ -15,19 +15,18 @@ such as `tracking.uri=...` apply to all of them. Verdicts are computed from the 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from lesson5 import slices
+from lesson5 import cli, slices
 
 EXPERIMENT = "lesson5-transfer"
 
 
-# --quick: smaller images and subsets (about 5 minutes on 2 CPU cores, against about 25 for the full protocol)
+# quick=true: smaller images and subsets (about 5 minutes on 2 CPU cores, against about 25 for the full protocol)
 QUICK = {"pretrain": ["data.size=32", "data.n_train=2000", "data.n_valid=500"],
          "mnist": ["data.size=32", "data.n_train=1000", "data.n_valid=500"]}
 
@@ -155,26 +154,30 @@ def protocol_runs(out: dict) -> list[dict]:
     return rows
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lesson5.transfer", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smaller images and subsets: a few minutes")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=Path("reports/transfer.md"))
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. tracking.uri=...")
-    args = ap.parse_intermixed_args(argv)
-    from lesson5.errors import Lesson5Error
+COMMAND = cli.Command(
+    name="lesson5-transfer", module="lesson5.transfer",
+    summary="the lesson's transfer-learning claims, measured offline: resnet34 pretrained on Fashion-MNIST and "
+            "fine-tuned on MNIST against scratch, discriminative against single lrs, frozen against unfrozen "
+            "epochs (MLflow experiment lesson5-transfer), with verdicts computed from the numbers.",
+    example="quick=true seeds=2 tracking.uri=sqlite:///mlflow.db",
+    options=(cli.Option("quick", bool, "smaller images and subsets", default=False),
+             cli.Option("seeds", int, "seeds for each fine-tuning comparison", default=3, low=1),
+             cli.Option("out", Path, "the report's file", default=Path("reports/transfer.md"))),
+    overrides="every run it makes")
 
-    try:
-        protocol = Protocol(args.quick, args.overrides, args.seeds)
-        out = protocol.all()
-    except Lesson5Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    command = " ".join(["python -m lesson5.transfer", *(argv if argv is not None else sys.argv[1:])])
+
+def _transfer(args) -> int:
+    protocol = Protocol(args.quick, args.overrides, args.seeds)
+    out = protocol.all()
+    command = " ".join(["python -m lesson5.transfer", *args.argv])
     write(out, args.out, command, protocol.conf)
     print(args.out.read_text())
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """The `lesson5-transfer` command (argv: default sys.argv[1:]); its exit code."""
+    return cli.run(COMMAND, argv, _transfer)
 
 
 if __name__ == "__main__":

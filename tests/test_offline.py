@@ -55,7 +55,7 @@ def test_offline_runs_arrive_complete_and_sync_twice_duplicates_nothing(tiny, tm
 def test_sync_with_an_unreachable_store_keeps_the_spool(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run(compose([*tiny, "tracking.mode=offline"]))
-    done = sync(tmp_path, "--to", "http://127.0.0.1:9")
+    done = sync(tmp_path, "to=http://127.0.0.1:9")
     assert done.returncode == 2 and "cannot reach the MLflow store http://127.0.0.1:9" in done.stderr
     assert list((tmp_path / ".lesson5" / "offline").glob("*/messages.pkl"))  # kept as it was
 

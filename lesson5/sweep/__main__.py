@@ -1,49 +1,50 @@
-"""`python -m lesson5.sweep <study name or file> [options] [overrides]`: run an Optuna study of lesson5 runs.
+"""Apps: `lesson5-sweep <study> [key=value ...]` (or `python -m lesson5.sweep`): run an Optuna study of lesson5 runs.
 
-Options (key=value): n_trials, workers (processes on this machine, default 1), storage (a journal file path,
-default ./sweeps.journal, or a database URL such as postgresql://...), study_name (default: the file's name),
-resume (true: continue a study that already has trials), pruner (none | median | hyperband). Any other
-key=value is a Hydra override for every trial. Every machine of a shared study runs the same command.
+The study is a YAML file anywhere, or the name of a shipped one (`n_factors`...). Options are typed key=value pairs;
+any other key=value is a Hydra override for every trial. Every machine of a shared study runs the same command.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import sys
+from types import SimpleNamespace
+from typing import Optional
+
+from lesson5 import cli
+from lesson5.sweep import spec
+from lesson5.sweep.storage import DEFAULT_JOURNAL
+
+COMMAND = cli.Command(
+    name="lesson5-sweep", module="lesson5.sweep",
+    summary="run an Optuna study of lesson5 runs: each trial is an MLflow run, a child of the study's parent run, "
+            "and the report (the verdict on the study's claim) is written to sweeps/results/ once it completes.",
+    example="my_study.yaml n_trials=4 workers=2 data.path=./ml-100k --config-dir ./myconf",
+    arguments=(("study", "a study file (path/to/study.yaml), or a shipped study: " + ", ".join(spec.shipped())),),
+    options=(
+        cli.Option("n_trials", int, "trials to run (default: the study file's; a grid's every point)", low=1),
+        cli.Option("workers", int, "worker processes on this machine", default=1, low=1),
+        cli.Option("storage", str, "the Optuna storage: a journal file, or a database URL (postgresql://...)",
+                   default=DEFAULT_JOURNAL),
+        cli.Option("study_name", str, "the study's name in the storage (default: the file's name)"),
+        cli.Option("resume", bool, "continue a study that already has trials", default=False),
+        cli.Option("pruner", str, "stop poor trials early (default: the study file's)", choices=spec.PRUNERS),
+    ),
+    overrides="every trial")
 
 
-from lesson5.errors import Lesson5Error
+def _sweep(args: SimpleNamespace) -> int:
+    from lesson5.sweep.driver import Sweep  # here: it imports Optuna and MLflow, which --help does not need
 
-OPTIONS = ("n_trials", "workers", "storage", "study_name", "resume", "pruner")
-
-
-def parse(argv: list[str]) -> tuple[str, dict[str, str], list[str]]:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        sys.exit(0 if argv else 2)
-    options, overrides = {}, []
-    for arg in argv[1:]:
-        key = arg.split("=", 1)[0]
-        if key in OPTIONS and "=" in arg:
-            options[key] = arg.split("=", 1)[1]
-        else:
-            overrides.append(arg)
-    return argv[0], options, overrides
-
-
-def main(argv: list[str]) -> int:
-    from lesson5.sweep.driver import Sweep
-
-    name, options, overrides = parse(argv)
-    try:
-        sweep = Sweep.prepare(name, options, overrides)
-    except Lesson5Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    sweep = Sweep.prepare(args.study, args.overrides, n_trials=args.n_trials, workers=args.workers,
+                          storage=args.storage, study_name=args.study_name, resume=args.resume, pruner=args.pruner)
     return sweep.run()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """The `lesson5-sweep` command (argv: default sys.argv[1:]); its exit code."""
+    return cli.run(COMMAND, argv, _sweep)
 
 
 if __name__ == "__main__":
     mp.freeze_support()
-    code = main(sys.argv[1:])
-    sys.exit(code)
+    raise SystemExit(main())

@@ -28,22 +28,6 @@ from lesson5.tracking.store import check_reachable, experiment_id, fail_run, ope
 PARENT_ATTR = "mlflow_parent_run_id"
 
 
-def _flag(value: str, key: str) -> bool:
-    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"{key}={value}: expected true or false")
-    return value.lower() in ("true", "1", "yes")
-
-
-def _int(value: str, key: str, low: int) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = low - 1
-    if n < low:
-        raise ConfigError(f"{key}={value}: expected an integer >= {low}")
-    return n
-
-
 @dataclass
 class Sweep:
     study: Study
@@ -56,28 +40,28 @@ class Sweep:
     parent_run_id: Optional[str] = None
 
     @classmethod
-    def prepare(cls, name: str, options: dict[str, str], overrides: list[str]) -> "Sweep":
-        """Everything that can be refused, refused before a trial or a parent run exists."""
+    def prepare(cls, name: str, overrides: list[str] = (), *, n_trials: Optional[int] = None, workers: int = 1,
+                storage: str = stores.DEFAULT_JOURNAL, study_name: Optional[str] = None, resume: bool = False,
+                pruner: Optional[str] = None) -> Sweep:
+        """Everything that can be refused, refused before a trial or a parent run exists. The options are typed
+        (`lesson5.sweep.__main__` parses the command line); None keeps the study file's own."""
         from lesson5.config import compose, validate
 
-        study = specs.load(name, overrides)
-        if "pruner" in options:
-            study.pruner = {"name": options["pruner"]}
-        if "n_trials" in options:
-            study.n_trials = _int(options["n_trials"], "n_trials", 1)
+        study = specs.load(name, list(overrides))
+        if pruner is not None:
+            study.pruner = {"name": pruner}
+        if n_trials is not None:
+            study.n_trials = n_trials
             if study.sampler == "grid" and study.n_trials > len(study.grid()):
                 raise ConfigError(f"n_trials={study.n_trials}: the grid of {study.path} has {len(study.grid())} points")
         specs.check_pruner(study)
-        workers = _int(options.get("workers", "1"), "workers", 1)
-        resume = _flag(options.get("resume", "false"), "resume")
         conf = validate(compose(study.base))
         uri = resolve_uri(conf.tracking.uri)
         if not conf.tracking.enabled or conf.tracking.mode.value == "offline":
             raise ConfigError("tracking=none and tracking.mode=offline: a sweep records every trial as a child of "
                               "its MLflow parent run, in a reachable store; drop them")
         check_reachable(uri)
-        storage = options.get("storage", stores.DEFAULT_JOURNAL)
-        study_name = options.get("study_name", study.name)
+        study_name = study_name or study.name
         opt = cls._open_study(study, storage, study_name, resume)
         sweep = cls(study, storage, study_name, workers, uri, naming.experiment_name(conf), opt)
         sweep.parent_run_id = sweep._parent()

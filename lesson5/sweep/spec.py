@@ -1,11 +1,14 @@
-"""A study file (`sweeps/<name>.yaml`): what a sweep varies, what it optimizes, and the claim it judges.
+"""Services (the sweep engine): a study file, what a sweep varies, what it optimizes, and the claim it judges.
+
+A study is a YAML file anywhere (`lesson5-sweep path/to/study.yaml`), or the name of one shipped in `sweeps/`
+(the package lesson5.sweeps), such as `n_factors`:
 
     claim: the lesson's sentence the study re-tests
     rule: {kind: best, param: model.n_factors, value: 40, tolerance: 0.002}     # see lesson5.sweep.verdict
     base: [data.split=random]                       # Hydra overrides for every trial
     space:                                          # Hydra override keys
       model.n_factors: {choices: [10, 20, 40, 80]}  # categorical
-      optim.wd: {low: 1e-3, high: 1.0, log: true}   # float (int: true for integers; step: for a grid)
+      optim.wd: {low: 1e-3, high: 1.0, log: true}   # a range (int: true for integers); grid studies take choices
     seeds: [0, 1, 2]                                # trainer.seed values, each point is run at each
     objective: {metric: valid_rmse, direction: minimize}
     sampler: grid                                   # grid | tpe | random
@@ -23,17 +26,20 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
+from lesson5.config import compose, validate
 from lesson5.errors import ConfigError
+from lesson5.sweep.verdict import check_rule
 
-SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
+# sweeps/ at the top of the checkout, shipped inside the package as lesson5.sweeps (pyproject.toml's package-dir)
+SWEEPS = Path(str(files("lesson5.sweeps")))
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("none", "median", "hyperband")
-RULES = ("best", "better")
 
 
 @dataclass
@@ -78,17 +84,22 @@ class Study:
                 for values in itertools.product(*(p.choices for p in self.space)) for seed in self.seeds]
 
 
+def shipped() -> list[str]:
+    """The names of the studies shipped with lesson5."""
+    return sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+
+
 def resolve(name_or_path: str) -> Path:
-    """A study's file: a path as given, else `sweeps/<name>.yaml` of this project (from any folder)."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    """A study's file: a path as given (relative to the working folder), else a shipped study by its name."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists() or len(path.parts) > 1:
         if not path.is_file():
-            raise ConfigError(f"study file {path} does not exist")
+            raise ConfigError(f"study file {path} ({path.resolve()}) does not exist: give the path of a study "
+                              f"file, or the name of a shipped study ({', '.join(shipped())})")
         return path.resolve()
     own = SWEEPS / f"{name_or_path}.yaml"
     if not own.is_file():
-        known = ", ".join(sorted(p.stem for p in SWEEPS.glob("*.yaml")))
-        raise ConfigError(f"no study {name_or_path!r}: pass a study file, or one of {known}")
+        raise ConfigError(f"no study {name_or_path!r}: give a study file, or one of {', '.join(shipped())}")
     return own
 
 
@@ -144,6 +155,7 @@ def load(name_or_path: str, overrides: list[str] = ()) -> Study:
 
 
 def check_pruner(study: Study) -> None:
+    """Refuse a pruner name Optuna's pruners do not include."""
     if study.pruner.get("name") not in PRUNERS:
         raise ConfigError(f"{study.path}: pruner: {study.pruner.get('name')!r} is not one of {', '.join(PRUNERS)}")
 
@@ -151,8 +163,7 @@ def check_pruner(study: Study) -> None:
 def _check(study: Study, n_trials: Optional[int]) -> None:
     """Everything about the study that can be wrong, before a trial runs: choices, the rule, and one trial's
     config (so an unknown key, a bad value or an objective its model does not log is caught here)."""
-    from lesson5 import models
-    from lesson5.config import compose, validate
+    from lesson5 import models  # here, not at the top: it imports torch, which the sweep driver never needs
 
     path = study.path
     if study.sampler not in SAMPLERS:
@@ -192,6 +203,4 @@ def _check(study: Study, n_trials: Optional[int]) -> None:
             validate(compose([*study.base, *first, *study.final]))
         except Exception as e:  # noqa: BLE001 - ConfigError or Hydra's composition errors
             raise ConfigError(f"{path}: final.overrides do not compose with the base: {e}") from None
-    from lesson5.sweep.verdict import check_rule
-
     check_rule(study)

@@ -58,6 +58,15 @@ def open_storage(storage: str):
                           f"{str(e).splitlines()[0]}). Start the database or fix the URL.") from None
 
 
+def load_study(storage: str, study_name: str) -> optuna.Study:
+    """The study `study_name` in `storage`; a ConfigError naming both when it holds none."""
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError:
+        raise ConfigError(f"no study {study_name!r} in {storage}: run the sweep first, or pass storage=... and "
+                          f"study_name=...") from None
+
+
 def lock(storage: str, study_name: str):
     """The study's claim lock (one per study, so studies sharing a storage do not wait on each other)."""
     key = zlib.crc32(f"lesson5 study {study_name}".encode())

@@ -1,0 +1,144 @@
+"""One command-line style: every entry point takes key=value, answers --help, and refuses what it does not take."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lesson5 import cli, compose
+from lesson5.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+# (module, a command line it takes without running anything heavy up to its first check)
+ENTRY_POINTS = ["lesson5.sweep.__main__", "lesson5.report", "lesson5.lr_find", "lesson5.interpret",
+                "lesson5.recommend", "lesson5.reproduce", "lesson5.transfer", "lesson5.sync"]
+
+
+def _main(module: str):
+    return importlib.import_module(module).main
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_help_says_what_it_does_its_keys_and_an_example(module, capsys):
+    assert _main(module)(["--help"]) == 0
+    out = capsys.readouterr().out
+    command = importlib.import_module(module).COMMAND
+    assert out.startswith(f"{command.name}: ") and "usage:" in out and f"example:\n  {command.name} " in out
+    assert all(f"{o.key}=" in out for o in command.options)
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+@pytest.mark.parametrize("bad", ["--bogus", "bogus_key=1"])
+def test_an_unknown_option_exits_2_with_the_usage(module, bad, capsys):
+    command = importlib.import_module(module).COMMAND
+    args = ["x" for _ in command.arguments]
+    assert _main(module)([*args, bad]) == 2
+    err = capsys.readouterr().err
+    assert f"unknown option {bad.split('=')[0]}" in err.replace("'", "") and f"usage: {command.name}" in err
+
+
+def test_a_missing_or_extra_argument_exits_2():
+    sweep = _main("lesson5.sweep.__main__")
+    assert sweep([]) == 2
+    assert sweep(["a", "b"]) == 2
+
+
+def test_an_old_flag_is_refused_naming_the_new_form(capsys):
+    assert _main("lesson5.sync")(["--to", "http://127.0.0.1:9"]) == 2
+    assert "to=..." in capsys.readouterr().err
+
+
+COMMAND = cli.Command(
+    name="lesson5-demo", module="lesson5.demo", summary="a demo", example="x n=3",
+    arguments=(("thing", "a thing"),),
+    options=(cli.Option("n", int, "a count", default=1, low=1), cli.Option("lr", float, "an lr", default=0.1, above=0),
+             cli.Option("flag", bool, "a flag", default=False), cli.Option("only", list, "some", choices=("a", "b")),
+             cli.Option("tracking.uri", str, "a store"), cli.Option("who", str, "a name", choices=("me", "you"))),
+    overrides="every run")
+
+
+def test_options_are_typed_with_their_defaults():
+    args = COMMAND.parse(["x", "n=3", "lr=1e-3", "flag=yes", "only=b,a", "tracking.uri=sqlite:///m.db",
+                          "model.n_factors=5", "+trainer.x=1", "experiment=foo", "hydra.job.chdir=false"])
+    assert (args.thing, args.n, args.lr, args.flag, args.only, args.tracking_uri) == (
+        "x", 3, 1e-3, True, ["b", "a"], "sqlite:///m.db")
+    assert args.overrides == ["model.n_factors=5", "+trainer.x=1", "experiment=foo", "hydra.job.chdir=false"]
+    defaults = COMMAND.parse(["x"])
+    assert (defaults.n, defaults.lr, defaults.flag, defaults.only, defaults.who) == (1, 0.1, False, None, None)
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("n=0", "n=0: expected an integer >= 1"), ("n=two", "n=two: expected an integer"),
+    ("lr=0", "lr=0: expected a number > 0"), ("flag=maybe", "flag=maybe: expected true or false"),
+    ("only=a,c", "only=a,c: expected a comma-separated list of a, b"), ("who=them", "who=them: expected one of"),
+    ("n=2 n=3", "n= is given twice"), ("modle.x=1", "unknown option 'modle.x'"),
+])
+def test_a_bad_value_is_refused_naming_the_key(bad, says):
+    with pytest.raises(cli.UsageError, match=says):
+        COMMAND.parse(["x", *bad.split()])
+
+
+def test_a_required_option_must_be_given():
+    command = cli.Command(name="c", module="m", summary="s", example="e",
+                          options=(cli.Option("user", str, "who", required=True),))
+    with pytest.raises(cli.UsageError, match="user= is required"):
+        command.parse([])
+
+
+def test_the_shared_exit_codes():
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def refused(args):
+        raise ConfigError("model.n_factors=0: expected an integer >= 1")
+
+    assert cli.run(COMMAND, ["x"], lambda args: None) == 0
+    assert cli.run(COMMAND, ["x"], refused) == 2
+    assert cli.run(COMMAND, ["x"], interrupted) == 130
+    assert cli.run(COMMAND, ["x", "n=0"], lambda args: None) == 2
+
+
+def _user_config(folder: Path) -> Path:
+    (folder / "experiment").mkdir(parents=True)
+    (folder / "experiment" / "mine.yaml").write_text("# @package _global_\nmodel:\n  n_factors: 7\n")
+    return folder
+
+
+def test_a_config_dir_adds_the_users_experiments(tmp_path):
+    mine = _user_config(tmp_path / "myconf")
+    args = COMMAND.parse(["x", "experiment=mine", "--config-dir", str(mine)])
+    assert args.config_dirs == [mine] and args.overrides[-1].startswith("hydra.searchpath=")
+    assert compose(args.overrides).model.n_factors == 7
+    assert compose(["experiment=mine"], config_dirs=[mine]).model.n_factors == 7
+    assert compose([]).model.n_factors == 40  # the shipped configs are unchanged beside it
+    with pytest.raises(cli.UsageError, match="no such folder"):
+        COMMAND.parse(["x", f"--config-dir={tmp_path / 'nowhere'}"])
+
+
+def test_a_study_file_that_does_not_exist_is_named(tmp_path, capsys):
+    missing = tmp_path / "studies" / "mine.yaml"
+    assert _main("lesson5.sweep.__main__")([str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err
+
+
+def _lesson5(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "lesson5", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.slow
+def test_the_lesson5_command_shares_the_style(tmp_path):
+    helped = _lesson5("--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "model=" in helped.stdout and "example:\n  lesson5 " in helped.stdout
+    for bad in ("--bogus", "modle.n_factors=3"):
+        refused = _lesson5(bad, cwd=tmp_path)
+        assert refused.returncode == 2 and "usage: lesson5" in refused.stderr, refused.stderr
+    mine = _user_config(tmp_path / "myconf")
+    shown = _lesson5("--config-dir", str(mine), "experiment=mine", "--cfg", "job", cwd=tmp_path)
+    assert shown.returncode == 0 and "n_factors: 7" in shown.stdout, shown.stderr
