@@ -74,12 +74,12 @@ def case_sweep_trials(store: str, repeats: int) -> dict:
     Trials share a Tracker, so the writer's start-up is paid once and its plotting overlaps the next trial; the
     wall time of each run() call is what a sweep pays per trial. The first call of each kind warms up imports.
     """
-    from lesson5 import compose
+    from lesson5.lifecycle import quiet_config
     from lesson5.run import run
     from lesson5.tracking import Tracker
 
-    off = compose(["trainer.progress=false", "tracking=none"])
-    on = compose(["trainer.progress=false", f"tracking.uri=sqlite:///{store}/sweep.db", "tracking.log_model=false"])
+    off = quiet_config()
+    on = quiet_config([f"tracking.uri=sqlite:///{store}/sweep.db"], track=True)
     tracker = Tracker(on.tracking.uri)
     times: dict[str, list[float]] = {"off": [], "on": []}
     try:

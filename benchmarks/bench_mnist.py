@@ -56,13 +56,12 @@ def lesson_epoch(data) -> tuple[float, float]:
 
 
 def lesson5_epoch(data_name: str, impl: str) -> tuple[float, float]:
-    from lesson5 import compose
+    from lesson5.lifecycle import quiet_config
     from lesson5.run import run
 
-    result = run(compose([
+    result = run(quiet_config([
         "model=mlp", f"data={data_name}", "optim=sgd", f"optim.impl={impl}", "optim.wd_mode=l2",
-        f"optim.lr={LR}", f"optim.wd={2 * WD}", "schedule=constant", "trainer.epochs=1", f"trainer.bs={BS}",
-        "trainer.progress=false", "tracking=none"]))
+        f"optim.lr={LR}", f"optim.wd={2 * WD}", "schedule=constant", "trainer.epochs=1", f"trainer.bs={BS}"]))
     return result.metrics["train_seconds"], result.metrics["valid_accuracy"]
 
 

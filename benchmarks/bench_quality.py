@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--fastai", action="store_true", help="also fastai's collab_learner on the same rows")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    from lesson5 import compose
+    from lesson5.lifecycle import quiet_config
     from lesson5.run import run
 
     seeds = [42, *[s for s in range(args.seeds) if s != 42]][: args.seeds]
@@ -75,8 +75,7 @@ def main() -> None:
     for split in args.splits:
         rmse = []
         for seed in seeds:
-            cfg = compose(["tracking=none", "trainer.progress=false", f"data.split={split}", f"trainer.seed={seed}",
-                           *args.overrides])
+            cfg = quiet_config([f"data.split={split}", f"trainer.seed={seed}", *args.overrides])
             rmse.append(run(cfg).metrics["valid_rmse"])
             print(f"  {split} seed {seed}: {rmse[-1]:.5f}", file=sys.stderr)
         rows.append((split, rmse))

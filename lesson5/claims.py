@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from lesson5.sweep.spec import SWEEPS
+from lesson5.load import tracking_uri
 from lesson5.sweep.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, judge as judge_trials
+from lesson5.tracking.store import finished_runs, resolve_uri
 
 NOT_TESTED = "not yet tested"
 EXPERIMENT = "lesson5-claims"
@@ -37,27 +39,15 @@ class Context:
     def _finished(self) -> dict[str, dict]:
         """Finished runs of earlier reports in this store, by their trial key."""
         if self._found is None:
-            self._found = {}
-            if self.reuse:
-                from mlflow import MlflowClient
-
-                from lesson5.load import tracking_uri
-                from lesson5.tracking.store import resolve_uri
-
-                client = MlflowClient(resolve_uri(tracking_uri(self.overrides)))
-                exp = client.get_experiment_by_name(EXPERIMENT)
-                if exp is not None:
-                    for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'"):
-                        key = r.data.tags.get("claims.trial")
-                        if key:
-                            self._found.setdefault(key, {**r.data.metrics, "run_id": r.info.run_id})
+            self._found = finished_runs(resolve_uri(tracking_uri(self.overrides)), EXPERIMENT, "claims.trial") \
+                if self.reuse else {}
         return self._found
 
     def run(self, claim: str, overrides: list[str]) -> Optional[dict]:
         """One lesson5 run's final metrics (reused from MLflow when an earlier report made the same one); None
         when it failed (diverged, say)."""
-        from lesson5 import compose
         from lesson5.errors import DivergedError
+        from lesson5.lifecycle import quiet_config
         from lesson5.run import run
 
         every = [*overrides, *self.overrides]
@@ -66,8 +56,7 @@ class Context:
             self.made.append({"claim": claim, "overrides": overrides, "reused": True, **self._finished()[key]})
             return self._finished()[key]
         name = f"{claim}: {' '.join(overrides)}"[:200]
-        cfg = compose([*every, "trainer.progress=false", f"tracking.experiment={EXPERIMENT}",
-                       "tracking.log_model=false", f"tracking.run_name='{name}'"])
+        cfg = quiet_config(every, track=True, experiment=EXPERIMENT, run_name=name)
         try:
             result = run(cfg, overrides=overrides, tags={"claims.claim": claim, "claims.trial": key})
         except DivergedError:
@@ -149,9 +138,8 @@ def judge_embedding(m: dict) -> tuple[str, str]:
 
 def measure_decay(ctx: Context) -> dict:
     from lesson5 import checks
-    from lesson5.config import OptimName
 
-    return {"sgd": checks.decay_vs_l2(OptimName.sgd), "adam": checks.decay_vs_l2(OptimName.adam, wd=0.1)}
+    return {"sgd": checks.decay_vs_l2("sgd"), "adam": checks.decay_vs_l2("adam", wd=0.1)}
 
 
 def judge_decay(m: dict) -> tuple[str, str]:
@@ -185,7 +173,7 @@ def measure_bias(ctx: Context) -> dict:
     got = ctx.run("bias_ranks", ["trainer.seed=0"])
     if got is None:
         return {}
-    from lesson5.interpret import bias_tables, spearman
+    from lesson5.bias import bias_tables, spearman
     from lesson5.load import load_run, tracking_uri
 
     loaded = load_run(got["run_id"], tracking_uri(ctx.overrides), kind="collab")

@@ -16,33 +16,18 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from lesson5 import optim
+from lesson5 import losses, optim, stages
+from lesson5.callback import EVENTS, Callback, CancelFit
+from lesson5.config import Config
+from lesson5.data import Data, Fold, batches
 from lesson5.data.batches import Batches
 from lesson5.errors import DivergedError
 from lesson5.metrics import METRICS, predict
+from lesson5.optim.schedule import ParamScheduler
+from lesson5.progress import ProgressBar
+from lesson5.recorder import Recorder
 
 CHECK_EVERY = 64  # steps between finiteness checks of the loss (each check syncs with the device)
-EVENTS = ("before_fit", "before_epoch", "before_batch", "after_step", "after_epoch", "after_fit")
-
-
-class CancelFit(Exception):
-    """Raised by a callback to end a fit early by design (the lr finder once the loss explodes): `fit` returns."""
-
-
-class Callback:
-    """Hooks called by Learner.fit, in ascending `order`; each receives the learner and reads what it needs.
-
-    after_fit also runs when the fit raises, so a callback can send or release what it holds.
-    """
-
-    order = 50
-
-    def before_fit(self, learn: "Learner") -> None: ...
-    def before_epoch(self, learn: "Learner") -> None: ...
-    def before_batch(self, learn: "Learner") -> None: ...
-    def after_step(self, learn: "Learner") -> None: ...
-    def after_epoch(self, learn: "Learner") -> None: ...
-    def after_fit(self, learn: "Learner") -> None: ...
 
 
 class Learner:
@@ -72,6 +57,39 @@ class Learner:
         self.amp, self.channels_last = amp, channels_last  # CUDA options (trainer.amp, trainer.channels_last)
         self.diverge_factor = diverge_factor
         self.start_loss: Optional[float] = None  # the first step's loss, the yardstick for divergence
+        self.recorder: Optional[Recorder] = None  # set by from_config, as are the schedule and the stages
+        self.scheduler: Optional[ParamScheduler] = None
+        self.stages: list[stages.StageResult] = []
+
+    @classmethod
+    def from_config(cls, conf: Config, data: Data, fold: Fold, model: nn.Module, device: torch.device,
+                    callbacks: Sequence[Callback] = (), schedule: bool = True) -> "Learner":
+        """A Learner for one fold of `conf`: its optimizer over the model's layer groups, its Recorder, the
+        schedule (unless `schedule` is False: a callback of the caller's sets the lr), a progress bar with
+        `trainer.progress`, and the batch sources."""
+        groups = model.layer_groups()
+        opt = optim.build(conf.optim, groups, [conf.optim.lr] * len(groups))
+        mom_key = optim.momentum_key(conf.optim)
+        recorder = Recorder(mom_key)
+        scheduler = ParamScheduler(conf.schedule, mom_key) if schedule else None
+        bar = [ProgressBar(label=f"{fold.name} " if len(data.folds) > 1 else "")] if conf.trainer.progress else []
+        bs, workers = conf.trainer.bs, getattr(conf.data, "num_workers", 0)
+        cuda = device.type == "cuda"
+        learn = cls(model, batches(fold.train, bs, device, train=True, num_workers=workers),
+                    batches(fold.valid, bs, device, train=False, num_workers=workers), opt=opt,
+                    seed=conf.trainer.seed, loss_fn=losses.build(model.loss, conf.loss.impl),
+                    callbacks=[recorder, *callbacks, *bar, *([scheduler] if scheduler else [])],
+                    diverge_factor=conf.trainer.diverge_factor, amp=conf.trainer.amp and cuda,
+                    channels_last=conf.trainer.channels_last and cuda)
+        learn.recorder, learn.scheduler = recorder, scheduler
+        return learn
+
+    def fit_stages(self, conf: Config, device: torch.device) -> list["stages.StageResult"]:
+        """Every stage of `conf` in turn (trainer.stages, or one fit of trainer.epochs): fastai's
+        `fit_one_cycle`/`fine_tune` as configuration. Each stage's result is kept in `self.stages`."""
+        for stage in stages.plan(conf):
+            self.stages.append(stages.fit(self, stage, conf, self.scheduler, device))
+        return self.stages
 
     def add(self, cb: Callback) -> None:
         """Add a callback, in its order."""

@@ -6,13 +6,18 @@ come from its artifacts; the data from lesson5's cache (fetched again if it is g
 
 from __future__ import annotations
 
-import os
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+import torch
+from omegaconf import OmegaConf
+
+from lesson5 import data as datasets
+from lesson5 import models
+from lesson5.config import from_saved, validate
 from lesson5.errors import ConfigError
+from lesson5.tracking import store
 
 
 def tracking_uri(overrides: Sequence[str]) -> Optional[str]:
@@ -27,43 +32,26 @@ class Loaded:
     conf: Any  # lesson5.config.Config
     data: Any  # lesson5.data.Data
     model: Any  # torch.nn.Module, in eval mode on the CPU
-    client: Any  # mlflow.MlflowClient
 
     def log(self, files: dict[str, bytes], metrics: dict[str, float] = {}) -> None:
         """Add artifacts (by path in the run) and metrics to the run."""
-        from mlflow.entities import Metric
-
-        from lesson5.tracking.store import log_files
-
-        log_files(self.client, self.run_id, files)
-        now = int(time.time() * 1000)
-        if metrics:
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        mlflow_client = store.client(self.uri)
+        store.log_files(mlflow_client, self.run_id, files)
+        store.log_summary(mlflow_client, self.run_id, metrics=metrics)
 
 
 def load_run(run_id: str, uri: Optional[str] = None, kind: Optional[str] = None) -> Loaded:
     """The run's config, data and model; `kind` (a model name) refuses runs of other models, naming both."""
-    import torch
-    from mlflow import MlflowClient
-    from omegaconf import OmegaConf
-
-    from lesson5 import data as datasets
-    from lesson5 import models
-    from lesson5.config import from_saved, validate
-    from lesson5.tracking.store import resolve_uri
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # two small files: no progress bars
-    uri = resolve_uri(uri)
-    client = MlflowClient(uri)
+    uri = store.resolve_uri(uri)
     try:
-        client.get_run(run_id)
+        store.get_run(uri, run_id)
     except Exception as e:  # noqa: BLE001 - no such run, or no store
         raise ConfigError(f"run {run_id!r} was not found in {uri} ({type(e).__name__}). Give a run id the MLflow UI "
                           f"shows, and tracking.uri=... if the run is in another store.") from None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            config = client.download_artifacts(run_id, "config.yaml", tmp)
-            weights = client.download_artifacts(run_id, "weights.pt", tmp)
+            config = store.download(uri, run_id, "config.yaml", tmp)
+            weights = store.download(uri, run_id, "weights.pt", tmp)
         except Exception as e:  # noqa: BLE001 - a run that is not lesson5's, or not finished
             raise ConfigError(f"run {run_id} in {uri} has no config.yaml and weights.pt: it is not a finished "
                               f"lesson5 run ({type(e).__name__})") from None
@@ -76,4 +64,4 @@ def load_run(run_id: str, uri: Optional[str] = None, kind: Optional[str] = None)
         conf.model.weights = "none"  # the run's own weights follow
     model = models.build(conf.model, data)
     model.load_state_dict(state)
-    return Loaded(run_id, uri, conf, data, model.eval(), client)
+    return Loaded(run_id, uri, conf, data, model.eval())

@@ -14,8 +14,16 @@ import math
 import sys
 from typing import Optional
 
+import torch
+
 from lesson5 import cli, naming
-from lesson5.learner import Callback, CancelFit
+from lesson5 import data as datasets
+from lesson5.callback import Callback, CancelFit
+from lesson5.config import compose, flatten, validate
+from lesson5.errors import ConfigError
+from lesson5.learner import Learner
+from lesson5.lifecycle import TrackedRun, open_tracker
+from lesson5.run import build_model, pick_device
 
 SMOOTH = 0.98  # fastai's exponential smoothing of the loss
 STOP_FACTOR = 4.0
@@ -76,52 +84,34 @@ def plot(finder: LRFinder, suggested: float) -> bytes:
 
 def find(overrides: list[str], start_lr: float = 1e-7, end_lr: float = 10.0):
     """Run the finder on the config these overrides compose; returns (finder, suggested lr, MLflow run id)."""
-    import torch
-
-    from lesson5 import compose
-    from lesson5 import data as datasets
-    from lesson5.config import flatten, validate
-    from lesson5.outcome import FINISHED, outcome
-    from lesson5.run import learner, pick_device
-    from lesson5.tracking import Tracker
-
     cfg = compose(overrides)
     conf = validate(cfg)
     if not 0 < start_lr < end_lr:
-        from lesson5.errors import ConfigError
-
         raise ConfigError(f"start_lr={start_lr}, end_lr={end_lr}: expected 0 < start_lr < end_lr")
-    tracker = Tracker(conf.tracking.uri) if conf.tracking.enabled else None
+    device = pick_device(conf.trainer.device, conf.model.name)
+    tracker = open_tracker(conf)
     try:
-        device = pick_device(conf.trainer.device, conf.model.name)
         torch.set_num_threads(conf.trainer.threads or torch.get_num_threads())
         data = datasets.build(conf.data)
         finder = LRFinder(start_lr, end_lr)
-        learn = learner(conf, data, data.folds[0], device, [finder], schedule=False)
+        learn = Learner.from_config(conf, data, data.folds[0], build_model(conf, data, device), device, [finder],
+                                    schedule=False)
         learn.diverge_factor = 0.0  # the finder stops the pass itself when the loss explodes
-        rid = None
-        if tracker is not None:
-            rid = tracker.start_run(experiment=naming.experiment_name(conf),
-                                    name=conf.tracking.run_name or f"lr_find {conf.model.name}",
-                                    params=flatten(cfg), tags={"lesson5.kind": "lr_find", "model": conf.model.name})
-        try:
+        end_tags: dict[str, str] = {}
+        with TrackedRun(tracker, experiment=naming.experiment_name(conf),
+                        name=conf.tracking.run_name or f"lr_find {conf.model.name}", params=flatten(cfg),
+                        tags={"lesson5.kind": "lr_find", "model": conf.model.name},
+                        end_tags=lambda end: end_tags) as tracked:
             learn.fit(1)
-        except BaseException as e:
-            if rid is not None:
-
-                end = outcome(e)
-                tracker.end_run(rid, end.status, end.tags())
-            raise
-        suggested = finder.suggestion()
-        run_id = None
-        if rid is not None:
-            tracker.log_metrics(rid, [("lr_find_lr", lr, i) for i, lr in enumerate(finder.lrs, 1)]
+            suggested = finder.suggestion()
+            tracked.log_metrics([("lr_find_lr", lr, i) for i, lr in enumerate(finder.lrs, 1)]
                                 + [("lr_find_loss", v, i) for i, v in enumerate(finder.losses, 1)]
                                 + [("suggested_lr", suggested, 0)])
-            tracker.log_files(rid, {"plots/lr_find.png": plot(finder, suggested)})
-            tracker.end_run(rid, "FINISHED", {**FINISHED.tags(), "suggested_lr": f"{suggested:.3g}"})
-            run_id = tracker.run_info(rid).run_id
-        return finder, suggested, run_id
+            if tracked.tracked:
+                tracked.log_files({"plots/lr_find.png": plot(finder, suggested)})
+            end_tags["suggested_lr"] = f"{suggested:.3g}"
+        info = tracked.info()
+        return finder, suggested, info.run_id if info else None
     finally:
         if tracker is not None:
             tracker.close()

@@ -20,7 +20,7 @@ from lesson5.errors import ConfigError
 
 def for_user(loaded, user: str, k: int = 10) -> pd.DataFrame:
     """The top-k unseen items for a known user, by predicted rating."""
-    from lesson5.interpret import _ratings
+    from lesson5.bias import ratings
 
     users, items = loaded.data.vocab["users"], loaded.data.vocab["items"]
     index = {str(u): i for i, u in enumerate(users) if i > 0}
@@ -28,7 +28,7 @@ def for_user(loaded, user: str, k: int = 10) -> pd.DataFrame:
         raise ConfigError(f"user={user} is not among the {len(index)} users of run {loaded.run_id}'s data "
                           f"({loaded.conf.data.name}); use one of its user ids, or user=new")
     u = index[user]
-    x, _ = _ratings(loaded.data)
+    x, _ = ratings(loaded.data)
     seen = set(x[x[:, 0] == u, 1].tolist())
     candidates = torch.tensor([i for i in range(1, len(items)) if i not in seen])
     with torch.no_grad():
@@ -40,7 +40,7 @@ def for_user(loaded, user: str, k: int = 10) -> pd.DataFrame:
 
 def for_new_user(loaded, k: int = 10, min_ratings: int = 50) -> pd.DataFrame:
     """The cold-start list: the top-k items by bias among items with at least min_ratings ratings."""
-    from lesson5.interpret import bias_tables
+    from lesson5.bias import bias_tables
 
     items, _ = bias_tables(loaded.model, loaded.data, min_ratings)
     return items.sort_values("bias", ascending=False).head(k).reset_index(drop=True)

@@ -18,15 +18,18 @@ import os
 import resource
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from lesson5 import slices
 from lesson5.config import Config, StageConf
-from lesson5.learner import Callback, Learner
+from lesson5.callback import Callback
 from lesson5.optim.schedule import ParamScheduler
+
+if TYPE_CHECKING:  # the Learner calls these callbacks; importing it at run time would be a cycle
+    from lesson5.learner import Learner
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 

@@ -40,14 +40,12 @@ class Protocol:
         self.conf = {}  # the composed config of each step, for the report
 
     def run(self, role: str, step: str, extra: list[str]) -> dict:
-        from lesson5 import compose
         from lesson5.config import validate
+        from lesson5.lifecycle import quiet_config
         from lesson5.run import run
 
-        args = [f"experiment=transfer_{step}", *(QUICK[step] if self.quick else []), *extra,
-                "trainer.progress=false", f"tracking.experiment={EXPERIMENT}", "tracking.log_model=false",
-                f"tracking.run_name='{role}'", *self.overrides]
-        cfg = compose(args)
+        cfg = quiet_config([f"experiment=transfer_{step}", *(QUICK[step] if self.quick else []), *extra,
+                            *self.overrides], track=True, experiment=EXPERIMENT, run_name=role)
         self.conf.setdefault(step, validate(cfg))
         t = time.perf_counter()
         result = run(cfg, overrides=extra, tags={"transfer.role": role})

@@ -19,8 +19,9 @@ from lesson5 import compose
 from lesson5 import data as datasets
 from lesson5.config import validate
 from lesson5.errors import Lesson5Error
-from lesson5.learner import Callback, CancelFit
-from lesson5.run import learner, pick_device, run
+from lesson5.callback import Callback, CancelFit
+from lesson5.learner import Learner
+from lesson5.run import build_model, pick_device, run
 from tests.conftest import write_movielens
 from tests.test_mnist import write_idx_folder
 
@@ -100,7 +101,7 @@ def test_any_overrides_train_or_are_refused_naming_a_key(tiny_data, overrides):
                 run(cfg)
             assert _runs(store) == before, f"{overrides}: a refused input left an MLflow run"
         return
-    learn = learner(conf, data, data.folds[0], device, [OneStep()])
+    learn = Learner.from_config(conf, data, data.folds[0], build_model(conf, data, device), device, [OneStep()])
     learn.fit(1)  # builds the data sources, the model, the optimizer, and takes one step
     event("trained one step")
     assert learn.step == 1

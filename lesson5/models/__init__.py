@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from lesson5 import config  # noqa: F401 - declares the built-in models, and imports the plugins, before the tables
 from lesson5.components import LOGGED, MODELS, model_spec
@@ -18,15 +19,27 @@ LOSSES = {name: spec.loss for name, spec in MODELS.items()}  # what it trains on
 GROUPS = {name: spec.groups for name, spec in MODELS.items()}  # for checking stage lrs without torch
 GROUPS_OF_BODIES = {name: spec.groups for name, spec in MODELS.items() if spec.takes_weights}  # pretrained bodies
 
-__all__ = ["GROUPS", "GROUPS_OF_BODIES", "LOGGED", "LOSSES", "MODELS", "REGISTRY", "build"]
+__all__ = ["GROUPS", "GROUPS_OF_BODIES", "LOGGED", "LOSSES", "MODELS", "REGISTRY", "build", "weights_run"]
 
 
-def build(conf, data, tracking_uri=None) -> nn.Module:
-    """The model conf.name selects, sized by the data, carrying its declared `loss` (`tracking_uri`: where
-    weights given as a run id live, for models that take weights)."""
+def weights_run(conf) -> Optional[str]:
+    """The MLflow run whose `weights.pt` model.weights names (a run id or `runs:/<id>`), for models that take
+    weights; None otherwise. The lifecycle fetches that file: core code never talks to a tracking store."""
+    spec = getattr(conf, "weights", None) if model_spec(conf.name).takes_weights else None
+    if not spec:
+        return None
+    if spec.startswith("runs:/"):
+        return spec[len("runs:/"):].split("/")[0]
+    is_id = len(spec) == 32 and all(c in "0123456789abcdef" for c in spec)
+    return spec if is_id and not Path(spec).exists() else None
+
+
+def build(conf, data, run_file: Optional[str] = None) -> nn.Module:
+    """The model conf.name selects, sized by the data, carrying its declared `loss` (`run_file`: the weights
+    file of the run `weights_run(conf)` names, for models that take weights)."""
     spec = model_spec(conf.name)
     make = spec.builder()
-    model = make(conf, data, tracking_uri) if spec.takes_weights else make(conf, data)
+    model = make(conf, data, run_file) if spec.takes_weights else make(conf, data)
     model.loss = spec.loss
     if len(model.layer_groups()) != spec.groups:  # stage lrs were checked against the declared count
         raise ConfigError(f"model={conf.name}: layer_groups() returns {len(model.layer_groups())} groups but its "

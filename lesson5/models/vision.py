@@ -193,42 +193,26 @@ def load_body(body: nn.Module, state: dict[str, torch.Tensor], source: str) -> N
     body.load_state_dict(state)
 
 
-def resolve(spec: str, tracking_uri: Optional[str]) -> Optional[str]:
-    """model.weights as a local file path, `imagenet`, or None (random). A run id or `runs:/` URI is downloaded
-    from the run's artifacts (its `weights.pt`) in the tracking store."""
+def resolve(spec: str, run_file: Optional[str] = None) -> Optional[str]:
+    """model.weights as a local file path, `imagenet`, or None (random). A run id or `runs:/` URI names
+    `run_file`, its `weights.pt`, which the caller fetched from the tracking store (`lesson5.run.build_model`)."""
     if spec in ("none", "imagenet"):
         return None if spec == "none" else spec
-    run_id = spec[len("runs:/"):].split("/")[0] if spec.startswith("runs:/") else None
-    if run_id is None and len(spec) == 32 and all(c in "0123456789abcdef" for c in spec) and not Path(spec).exists():
-        run_id = spec
-    if run_id is None:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"model.weights={spec}: no such file. Give imagenet, none, a checkpoint file, or an "
-                              f"MLflow run id (or runs:/<id>) of a lesson5 run.")
-        return str(path)
-    import os
-
-    import mlflow.artifacts
-
-    from lesson5.tracking.store import resolve_uri
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
-
-    uri = resolve_uri(tracking_uri)
-    try:
-        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="weights.pt", tracking_uri=uri)
-    except Exception as e:  # noqa: BLE001 - no such run, or it logged no weights
-        raise ConfigError(f"model.weights={spec}: could not get weights.pt of run {run_id} from {uri} "
-                          f"({type(e).__name__}: {str(e).splitlines()[0]}). Check the run id and tracking.uri.") \
-            from None
+    if run_file is not None:
+        return run_file
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model.weights={spec}: no such file. Give imagenet, none, a checkpoint file, or an "
+                          f"MLflow run id (or runs:/<id>) of a lesson5 run.")
+    return str(path)
 
 
-def build(conf, data, tracking_uri: Optional[str] = None) -> Transfer:
-    """The body conf.name names, with conf's weights, and a head for the data's classes."""
+def build(conf, data, run_file: Optional[str] = None) -> Transfer:
+    """The body conf.name names, with conf's weights (`run_file`: the weights.pt of the run they name, if they
+    name one), and a head for the data's classes."""
     make, features, splits = BODIES[conf.name]
     body = make()
-    weights = resolve(conf.weights, tracking_uri)
+    weights = resolve(conf.weights, run_file)
     if weights == "imagenet":
         load_body(body, imagenet_state(conf.name), "imagenet")
     elif weights is not None:

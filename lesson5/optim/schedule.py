@@ -11,10 +11,13 @@ fastai v2 uses pct_start 0.25 and div_final 1e5.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 from lesson5.config import ScheduleConf, ScheduleName
-from lesson5.learner import Callback, Learner
+from lesson5.callback import Callback
+
+if TYPE_CHECKING:  # the Learner calls these callbacks; importing it at run time would be a cycle
+    from lesson5.learner import Learner
 
 
 def cos_anneal(start: float, end: float, pct: float) -> float:

@@ -6,7 +6,6 @@ parent run.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,6 +15,7 @@ from optuna.trial import TrialState
 
 from lesson5.sweep.spec import Study
 from lesson5.sweep.verdict import Verdict, judge, judge_final
+from lesson5.tracking.store import log_files, log_summary
 
 RESULTS = Path("sweeps") / "results"  # under the folder the command runs in, beside mlflow.db
 
@@ -136,15 +136,12 @@ def write(opt: optuna.Study, study: Study, *, client=None, parent_run_id: Option
     for name, png in rep.plots.items():
         (out_dir / name).write_bytes(png)
     if client is not None and parent_run_id is not None:
-        from mlflow.entities import Metric, RunTag
-
-        for name in [rep.markdown_path.name, *rep.plots]:
-            client.log_artifact(parent_run_id, str(out_dir / name), "report")
-        now = int(time.time() * 1000)
+        log_files(client, parent_run_id, {f"report/{name}": (out_dir / name).read_bytes()
+                                          for name in [rep.markdown_path.name, *rep.plots]})
         count = state_counts(opt.get_trials(deepcopy=False))
         metrics = {f"trials_{state.lower()}": n for state, n in count.items()}
         if count["COMPLETE"]:
             metrics[f"best_{study.metric}"] = opt.best_value
-        client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                         tags=[RunTag("verdict", rep.verdict.result), RunTag("verdict.summary", rep.verdict.summary)])
+        log_summary(client, parent_run_id, metrics=metrics,
+                    tags={"verdict": rep.verdict.result, "verdict.summary": rep.verdict.summary})
     return rep

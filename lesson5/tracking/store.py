@@ -1,6 +1,8 @@
-"""The MLflow store a run is tracked in: its URI, a check that it can work, and the lock for setting it up.
+"""Services: the MLflow store a run is tracked in: its URI, a check that it can work, the lock for setting it up,
+and the few calls other services make on it directly (a study's parent run, a run's files, earlier runs).
 
-No torch and no MLflow at import: the trainer imports this, and so does the writer before MLflow.
+No torch and no MLflow at import (MLflow's client is imported in the functions that call it): the trainer imports
+this, and so does the writer before MLflow.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from lesson5.errors import TrackingError
 
@@ -83,6 +86,51 @@ def log_files(client, run_id: str, files: dict[str, bytes]) -> None:
             (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
             (Path(tmp) / rel).write_bytes(data)
         client.log_artifacts(run_id, tmp)
+
+
+def log_summary(client, run_id: str, *, params: Optional[dict[str, Any]] = None,
+                metrics: Optional[dict[str, float]] = None, tags: Optional[dict[str, str]] = None) -> None:
+    """Params (cut to MLflow's 6000 characters), metrics (at step 0, stamped now) and tags in one log_batch."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
+                     metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                     tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+
+
+def client(uri: str):
+    """A plain MlflowClient on `uri`, for reading and adding to runs that exist (open_client sets a store up)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def get_run(uri: str, run_id: str):
+    """Run `run_id` of store `uri` (an mlflow Run); raises MLflow's error for a run or store that is not there."""
+    return client(uri).get_run(run_id)
+
+
+def download(uri: str, run_id: str, path: str, dest: str) -> str:
+    """Artifact `path` of run `run_id` in store `uri`, downloaded into folder `dest`; returns its local path."""
+    import mlflow.artifacts
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files: no progress bars
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dest, tracking_uri=uri)
+
+
+def finished_runs(uri: str, experiment: str, key_tag: str) -> dict[str, dict[str, Any]]:
+    """The FINISHED runs of `experiment` in store `uri` by their `key_tag` tag: each its metrics and `run_id`
+    (the first found for a key wins)."""
+    mlflow_client = client(uri)
+    exp = mlflow_client.get_experiment_by_name(experiment)
+    found: dict[str, dict[str, Any]] = {}
+    if exp is not None:
+        for r in mlflow_client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'"):
+            key = r.data.tags.get(key_tag)
+            if key:
+                found.setdefault(key, {**r.data.metrics, "run_id": r.info.run_id})
+    return found
 
 
 # What MLflow 3's UI reads to open an experiment on its runs table (the model-training view), not the GenAI overview.

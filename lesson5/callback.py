@@ -1,0 +1,27 @@
+"""Core: the callback protocol of the training loop (fastai's events), apart from the loop itself, so that the
+schedule, the stages and the recorder can be callbacks without importing the Learner that calls them.
+"""
+
+from __future__ import annotations
+
+EVENTS = ("before_fit", "before_epoch", "before_batch", "after_step", "after_epoch", "after_fit")
+
+
+class CancelFit(Exception):
+    """Raised by a callback to end a fit early by design (the lr finder once the loss explodes): `fit` returns."""
+
+
+class Callback:
+    """Hooks called by Learner.fit, in ascending `order`; each receives the learner and reads what it needs.
+
+    after_fit also runs when the fit raises, so a callback can send or release what it holds.
+    """
+
+    order = 50
+
+    def before_fit(self, learn: "Learner") -> None: ...
+    def before_epoch(self, learn: "Learner") -> None: ...
+    def before_batch(self, learn: "Learner") -> None: ...
+    def after_step(self, learn: "Learner") -> None: ...
+    def after_epoch(self, learn: "Learner") -> None: ...
+    def after_fit(self, learn: "Learner") -> None: ...
