@@ -33,9 +33,10 @@ run "diverging SGD lr=100 (must exit 2)" model=mlp data=mnist optim=sgd optim.lr
 python3 - <<'PY'
 import torch
 from lesson5 import optim
-from lesson5.config import OptimConf, OptimName, WdMode
+from lesson5.components import OPTIMIZERS
+from lesson5.config import OptimConf, WdMode
 ok = True
-for name in OptimName:
+for name in OPTIMIZERS:
     for mode in WdMode:
         trajs = []
         for lean in (True, False):

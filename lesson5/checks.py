@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesson5 import optim
-from lesson5.config import Impl, OptimConf, OptimName, WdMode
+from lesson5.config import Impl, OptimConf, WdMode
 
 
 def embedding_vs_one_hot(n_users: int = 7, n_items: int = 9, n_factors: int = 4, seed: int = 0) -> float:
@@ -48,8 +48,8 @@ def trajectory(conf: OptimConf, steps: int = 20, seed: int = 0, extra_loss=None)
     return torch.stack(out)
 
 
-def decay_vs_l2(name: OptimName, impl: Impl = Impl.torch, wd: float = 0.05) -> float:
+def decay_vs_l2(name: str, impl: Impl = Impl.torch, wd: float = 0.05) -> float:
     """The largest gap between the weights trained with decoupled weight decay and with an L2 penalty."""
-    lr = 0.1 if name in (OptimName.sgd, OptimName.momentum) else 1e-2
+    lr = 0.1 if name in ("sgd", "momentum") else 1e-2
     runs = [trajectory(OptimConf(name=name, impl=impl, lr=lr, wd=wd, wd_mode=mode)) for mode in WdMode]
     return (runs[0] - runs[1]).abs().max().item()

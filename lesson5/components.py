@@ -1,10 +1,12 @@
-"""Core: every model and data set is declared once, as a `ModelSpec` or `DataSpec`; all their tables derive from it.
+"""Core: every model, data set and optimizer is declared once, as a `ModelSpec`, `DataSpec` or `OptimSpec`; all
+their tables derive from it.
 
-A declaration holds a component's facts: its schema (keys, defaults, ranges), its builder, and for a model its
-loss, layer-group count, default data, device preference and recipe. `declare` files it under its name and puts
-its Hydra options in the ConfigStore: `model=<name>`, `data=<name>`, and the model's `data: of/<name>` and
-`recipe: <name>` (conf/config.yaml's defaults), so no YAML file repeats it. `lesson5.config` declares the
-built-in ones; `lesson5.models`, `lesson5.data` and `lesson5.run` read these tables.
+A declaration holds a component's facts: its schema (keys, defaults, ranges), its builder, for a model its loss,
+layer-group count, default data, device preference and recipe, and for an optimizer its scratch class, the keys it
+reads and its momentum's key. `declare` files it under its name and puts its Hydra options in the ConfigStore:
+`model=<name>`, `data=<name>`, `optim=<name>`, and the model's `data: of/<name>` and `recipe: <name>`
+(conf/config.yaml's defaults), so no YAML file repeats it. `lesson5.config` declares the built-in ones;
+`lesson5.models`, `lesson5.data`, `lesson5.optim` and `lesson5.run` read these tables.
 
 Adding a model takes one file and one line (tests/toy_model.py is one). The file declares it::
 
@@ -33,7 +35,7 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 
@@ -52,24 +54,25 @@ class Spec:
 
     key: ClassVar[str]  # its config group
     name: str
-    schema: type  # its lesson5.config.ModelConf or DataConf dataclass: keys, defaults, ranges
+    schema: type  # its lesson5.config.ModelConf, DataConf or OptimConf dataclass: keys, defaults, ranges
     build: Union[str, Callable]  # "module:function", imported only when it is built, or the function itself
     defaults: dict = field(default_factory=dict)  # where it differs from its schema's field defaults
 
     def node(self) -> Any:
-        """The schema filled in for it: its Hydra option (`model=<name>`, `data=<name>`)."""
+        """The schema filled in for it: its Hydra option (`model=<name>`, `data=<name>`, `optim=<name>`)."""
         return self.schema(name=self.name, **self.defaults)
 
-    def builder(self) -> Callable:
-        """Its build function, imported now when given by name."""
-        if callable(self.build):
-            return self.build
-        module, _, attr = self.build.partition(":")
+    def builder(self, ref: Union[str, Callable, None] = None) -> Callable:
+        """Its build function (or `ref`, another of its functions or classes), imported now when given by name."""
+        ref = self.build if ref is None else ref
+        if callable(ref):
+            return ref
+        module, _, attr = ref.partition(":")
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
-            raise ConfigError(f"{self.key}={self.name}: its builder {self.build!r} cannot be imported ({e}); give "
-                              f"it as 'module:function'") from None
+            raise ConfigError(f"{self.key}={self.name}: {ref!r} cannot be imported ({e}); give it as "
+                              f"'module:function'") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,18 +100,30 @@ class ModelSpec(Spec):
         return any(f.name == "weights" for f in fields(self.schema))
 
 
+@dataclass(frozen=True, kw_only=True)
+class OptimSpec(Spec):
+    """An optimizer: `build(conf, param_groups)` gives torch's, `scratch(param_groups, conf)` the lesson's."""
+
+    key: ClassVar[str] = "optim"
+    scratch: Union[str, Callable]  # its lesson5.optim.scratch class (optim.impl=scratch), "module:Class" as build
+    uses: tuple[str, ...] = ()  # the optim keys it reads besides lr, wd and wd_mode: setting another one warns
+    momentum: Optional[str] = None  # torch's param-group key the schedule moves its momentum in (betas: the first)
+
+
 DATASETS: dict[str, DataSpec] = {}
 MODELS: dict[str, ModelSpec] = {}
+OPTIMIZERS: dict[str, OptimSpec] = {}
 
 
 def declare(spec: Spec) -> None:
-    """File a model or data set under its name and put its Hydra options in the ConfigStore."""
-    kind, table = ("model", MODELS) if isinstance(spec, ModelSpec) else ("data set", DATASETS)
+    """File a model, data set or optimizer under its name and put its Hydra options in the ConfigStore."""
+    kind, table = {"model": ("model", MODELS), "data": ("data set", DATASETS),
+                   "optim": ("optimizer", OPTIMIZERS)}[spec.key]
     problems = [] if spec.name.isidentifier() else ["its name must be a Python identifier"]
     if spec.name in table:
-        problems.append(f"a {kind} of that name is already declared (by {table[spec.name].schema.__module__})")
+        problems.append(f"another {kind} of that name is already declared (by {table[spec.name].schema.__module__})")
     if not is_dataclass(spec.schema) or "name" not in {f.name for f in fields(spec.schema)}:
-        problems.append("schema must be a dataclass derived from lesson5.config.ModelConf or DataConf")
+        problems.append("schema must be a dataclass derived from lesson5.config.ModelConf, DataConf or OptimConf")
     if isinstance(spec, ModelSpec):
         if spec.loss not in LOGGED:
             problems.append(f"loss={spec.loss!r} is not one of {', '.join(LOGGED)}")
@@ -120,10 +135,9 @@ def declare(spec: Spec) -> None:
         raise ConfigError(f"{kind} {spec.name!r} cannot be declared: {'; '.join(problems)}")
     table[spec.name] = spec
     cs = ConfigStore.instance()
-    if isinstance(spec, DataSpec):
-        cs.store(group="data", name=spec.name, node=spec.node())
+    cs.store(group=spec.key, name=spec.name, node=spec.node())
+    if not isinstance(spec, ModelSpec):
         return
-    cs.store(group="model", name=spec.name, node=spec.node())
     cs.store(group="data/of", name=spec.name, node=DATASETS[spec.data].node())  # config.yaml: data: of/${model}
     cs.store(group="recipe", name=spec.name, node=spec.recipe, package="_global_")  # recipe: ${model}
 
@@ -136,6 +150,11 @@ def model_spec(name: str) -> ModelSpec:
 def data_spec(name: str) -> DataSpec:
     """The declaration of data=name, or a ConfigError naming those declared."""
     return _find(DATASETS, "data", name)
+
+
+def optim_spec(name: str) -> OptimSpec:
+    """The declaration of optim=name, or a ConfigError naming those declared."""
+    return _find(OPTIMIZERS, "optim", name)
 
 
 def _find(table: dict, key: str, name: str):

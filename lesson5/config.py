@@ -4,13 +4,14 @@ Types and choices (Enums) are enforced by Hydra while it composes; value ranges 
 which reports every bad key at once, before any data is fetched or any MLflow run exists.
 
 Every default has one home. A key's generic default is its field here; a group option (a file in `conf/`, say
-`optim/rmsprop.yaml`, or a data set's declaration) sets only what makes that option differ from the schema; a
-task's hyper-parameters (lr, wd, epochs, bs) come from its model's declared recipe; the command line wins over
+`schedule/constant.yaml`, or a declaration's `defaults`) sets only what makes that option differ from the schema;
+a task's hyper-parameters (lr, wd, epochs, bs) come from its model's declared recipe; the command line wins over
 all. `tests/test_config.py` checks that no option repeats a schema default.
 
-Each model and data set is declared once, after its schema (`lesson5.components`: its builder, loss, layer
-groups, default data, device and recipe); every table and Hydra option for it derives from that. Plugins named in
-$LESSON5_PLUGINS are imported last, when this module is, and declare theirs the same way.
+Each model, data set and optimizer is declared once, after its schema (`lesson5.components`: its builder and
+defaults; a model's loss, layer groups, default data, device and recipe; an optimizer's scratch class, keys and
+momentum key); every table and Hydra option for it derives from that. Plugins named in $LESSON5_PLUGINS are
+imported last, when this module is, and declare theirs the same way.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lesson5 import slices
-from lesson5.components import DATASETS, MODELS, DataSpec, ModelSpec, data_spec, declare, load_plugins, model_spec
+from lesson5 import components, slices
+from lesson5.components import DATASETS, MODELS, DataSpec, ModelSpec, OptimSpec, data_spec, declare, model_spec
 from lesson5.errors import ConfigError
 
 
@@ -47,13 +48,6 @@ class Split(str, Enum):
 class ItemKey(str, Enum):
     title = "title"
     id = "id"
-
-
-class OptimName(str, Enum):
-    sgd = "sgd"
-    momentum = "momentum"
-    rmsprop = "rmsprop"
-    adam = "adam"
 
 
 class Impl(str, Enum):
@@ -252,12 +246,12 @@ for _body in ("resnet34", "efficientnet_lite0"):
                       data="images", groups=3, recipe=_FINE_TUNE))
 
 
-# ---- optimizer, schedule -----------------------------------------------------------------------------------
+# ---- optimizers: the schema, then each optimizer; the schedule ---------------------------------------------
 
 
 @dataclass
 class OptimConf:
-    name: OptimName = OptimName.adam
+    name: str = MISSING
     impl: Impl = Impl.torch
     lr: float = rule(_positive, "a finite number > 0", 1e-3)
     wd: float = rule(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0", 0.0)
@@ -266,6 +260,21 @@ class OptimConf:
     momentum: float = rule(_unit, "a number in [0, 1)", 0.9)
     sqr_mom: float = rule(_unit, "a number in [0, 1)", 0.99)
     eps: float = rule(_positive, "a finite number > 0", 1e-5)
+
+
+# Builders in lesson5.optim, scratch classes in lesson5.optim.scratch (its docstring has their formulas). Plain SGD
+# (p -= lr * grad), SGD with momentum (a moving average of the gradients) and RMSprop (the step divided by the root
+# of a moving average of squared gradients) take weight decay as an L2 term in the gradient.
+_L2 = {"wd_mode": WdMode.l2}
+declare(OptimSpec(name="sgd", schema=OptimConf, build="lesson5.optim:sgd", scratch="lesson5.optim.scratch:SGD",
+                  defaults=_L2))
+declare(OptimSpec(name="momentum", schema=OptimConf, build="lesson5.optim:momentum",
+                  scratch="lesson5.optim.scratch:Momentum", uses=("momentum",), momentum="momentum", defaults=_L2))
+declare(OptimSpec(name="rmsprop", schema=OptimConf, build="lesson5.optim:rmsprop",
+                  scratch="lesson5.optim.scratch:RMSprop", uses=("sqr_mom", "eps"), defaults={**_L2, "eps": 1e-8}))
+# fastai's Adam: betas (momentum, sqr_mom) = (0.9, 0.99), eps 1e-5, decoupled weight decay (the schema's defaults).
+declare(OptimSpec(name="adam", schema=OptimConf, build="lesson5.optim:adam", scratch="lesson5.optim.scratch:Adam",
+                  uses=("momentum", "sqr_mom", "eps"), momentum="betas"))
 
 
 @dataclass
@@ -370,7 +379,6 @@ def register() -> None:
     model and data set put their own options there when declared)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="optim", name="base_optim", node=OptimConf)
     cs.store(group="schedule", name="base_schedule", node=ScheduleConf)
     cs.store(group="trainer", name="base_trainer", node=TrainerConf)
     cs.store(group="tracking", name="base_tracking", node=TrackingConf)
@@ -415,9 +423,10 @@ def _problems(obj: Any, prefix: str) -> list[str]:
 
 
 def _mismatch(obj: Config) -> list[str]:
-    """A model or data set not declared, or a model given data it cannot read (collab needs ratings, the image
-    models images): each model reads what its declared default data gives."""
+    """An optimizer, model or data set not declared, or a model given data it cannot read (collab needs ratings, the
+    image models images): each model reads what its declared default data gives."""
     try:
+        components.optim_spec(obj.optim.name)
         wants, gives = data_spec(model_spec(obj.model.name).data).gives, data_spec(obj.data.name).gives
     except ConfigError as e:
         return [str(e)]
@@ -444,15 +453,9 @@ def _stage_problems(obj: Config) -> list[str]:
     return out
 
 
-# Keys that the chosen components ignore: (key, whether it is ignored, by what, what to do instead).
-_OPTIM = lambda c: f"optim={c.optim.name.value}"  # noqa: E731
+# Keys that the chosen components ignore: (key, whether it is ignored, by what, what to do instead); the optimizers'
+# own keys (`OptimSpec.uses`) are added by `ignored`.
 _IGNORED = [
-    ("optim.momentum", lambda c: c.optim.name in (OptimName.sgd, OptimName.rmsprop), _OPTIM,
-     "use optim=momentum for SGD with momentum (optim=adam takes it as beta1)"),
-    ("optim.sqr_mom", lambda c: c.optim.name in (OptimName.sgd, OptimName.momentum), _OPTIM,
-     "only optim=rmsprop and optim=adam use it"),
-    ("optim.eps", lambda c: c.optim.name in (OptimName.sgd, OptimName.momentum), _OPTIM,
-     "only optim=rmsprop and optim=adam use it"),
     ("optim.wd_mode", lambda c: c.optim.wd == 0, lambda c: "optim.wd=0", "set optim.wd to decay the weights"),
     *[(f"schedule.{k}", lambda c: c.schedule.name is ScheduleName.constant, lambda c: "schedule=constant",
        "use schedule=one_cycle") for k in ("pct_start", "div", "div_final", "moms")],
@@ -469,8 +472,15 @@ _IGNORED = [
 def ignored(conf: Config, overrides: Sequence[str]) -> list[str]:
     """Warnings for the keys set in `overrides` that the chosen components ignore, naming what to use instead."""
     given = {o.split("=", 1)[0].lstrip("+~"): o for o in overrides if "=" in o}
-    return [f"{given[key]} is ignored with {by(conf)}: {advice}" for key, when, by, advice in _IGNORED
-            if key in given and when(conf)]
+    users: dict[str, list[str]] = {}  # each optimizer's own key (OptimSpec.uses), and the optimizers that read it
+    for spec in components.OPTIMIZERS.values():
+        for key in spec.uses:
+            users.setdefault(f"optim.{key}", []).append(f"optim={spec.name}")
+    chosen = f"optim={conf.optim.name}"
+    return [f"{given[key]} is ignored with {chosen}: use {' or '.join(names)}" for key, names in users.items()
+            if key in given and chosen not in names] + \
+        [f"{given[key]} is ignored with {by(conf)}: {advice}" for key, when, by, advice in _IGNORED
+         if key in given and when(conf)]
 
 
 def validate(cfg: DictConfig) -> Config:
@@ -504,4 +514,4 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-load_plugins()  # last: a plugin's module imports this one for ModelConf and rule
+components.load_plugins()  # last: a plugin's module imports this one for ModelConf and rule

@@ -35,7 +35,7 @@ def run_name(conf, overrides: Sequence[str]) -> str:
         return cut(conf.tracking.run_name)
     extra = [_short(o) for o in overrides if "=" in o and not o.lstrip("+~").startswith(_QUIET)
              and o.lstrip("+~").split("=", 1)[0] not in _NAMED]
-    return cut(" ".join([conf.model.name, conf.optim.name.value, *extra]))
+    return cut(" ".join([conf.model.name, conf.optim.name, *extra]))
 
 
 def cut(name: str) -> str:
@@ -48,7 +48,7 @@ def seed_group(conf, params: dict[str, Any]) -> str:
     recipe = {k: v for k, v in params.items() if not k.startswith(("tracking.", "data.info.")) and
               k.rsplit(".", 1)[-1] != "seed" and k not in ("trainer.progress", "data.path", "data.cache_dir")}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"{conf.model.name} {conf.optim.name.value} {conf.data.name} {digest}"
+    return f"{conf.model.name} {conf.optim.name} {conf.data.name} {digest}"
 
 
 def source_name() -> str:
@@ -64,6 +64,6 @@ def note(conf, name: str, overrides: Sequence[str]) -> str:
     o, stages = conf.optim, conf.trainer.stages
     fits = ("; then ".join(f"{st.name}: {st.epochs} epoch(s) at lr {st.lr}{', body frozen' if st.frozen else ''}"
                            for st in stages) if stages else f"{conf.trainer.epochs} epochs at lr {o.lr:g}")
-    return (f"{name}: {conf.model.name} on {conf.data.name}, {o.name.value} wd={o.wd:g} ({o.wd_mode.value}), "
+    return (f"{name}: {conf.model.name} on {conf.data.name}, {o.name} wd={o.wd:g} ({o.wd_mode.value}), "
             f"{conf.schedule.name.value} schedule, {fits}, seed {conf.trainer.seed}. "
             f"Command: {' '.join([source_name(), *overrides])}")

@@ -12,8 +12,8 @@ from omegaconf.errors import ValidationError
 
 from lesson5 import compose
 from lesson5 import data as datasets
-from lesson5.components import DATASETS, MODELS
-from lesson5.config import flatten, validate
+from lesson5.components import DATASETS, MODELS, OPTIMIZERS
+from lesson5.config import flatten, ignored, validate
 from lesson5.errors import ConfigError
 from lesson5.run import run
 
@@ -24,7 +24,7 @@ CONF = ROOT / "conf"
 def test_defaults_are_the_lesson_recipe():
     conf = validate(compose())
     assert (conf.model.n_factors, conf.model.y_range) == (40, [0.0, 5.5])
-    assert (conf.optim.name.value, conf.optim.lr, conf.optim.wd, conf.optim.wd_mode.value) == \
+    assert (conf.optim.name, conf.optim.lr, conf.optim.wd, conf.optim.wd_mode.value) == \
         ("adam", 5e-3, 0.1, "decoupled")
     assert (conf.optim.momentum, conf.optim.sqr_mom, conf.optim.eps) == (0.9, 0.99, 1e-5)
     assert (conf.schedule.name.value, conf.trainer.epochs, conf.trainer.bs) == ("one_cycle", 5, 64)
@@ -66,9 +66,9 @@ def test_no_option_file_repeats_a_schema_default(path):
     assert not repeated, f"{path} repeats the schema's defaults for {repeated}"
 
 
-@pytest.mark.parametrize("spec", [*MODELS.values(), *DATASETS.values()], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [*MODELS.values(), *DATASETS.values(), *OPTIMIZERS.values()], ids=lambda s: s.name)
 def test_no_declaration_repeats_a_schema_default(spec):
-    """A model's or data set's declared defaults set only what differs from its schema's field defaults."""
+    """A model's, data set's or optimizer's declared defaults set only what differs from its schema's field defaults."""
     schema = OmegaConf.structured(spec.schema)
     repeated = [k for k, v in spec.defaults.items() if v == OmegaConf.to_container(schema)[k]]
     assert not repeated, f"{spec.name} repeats the schema's defaults for {repeated}"
@@ -161,3 +161,15 @@ def test_a_value_the_chosen_component_ignores_gets_a_warning_naming_it(tiny, cap
     err = capsys.readouterr().err
     assert "warning: optim.momentum=0.9 is ignored with optim=sgd: use optim=momentum" in err
     assert "schedule.div" not in err  # one-cycle, the default, uses it
+
+
+@pytest.mark.parametrize("optimizer, warned", [
+    ("sgd", ["optim.momentum=0.5 is ignored with optim=sgd: use optim=momentum or optim=adam",
+             "optim.eps=1e-06 is ignored with optim=sgd: use optim=rmsprop or optim=adam"]),
+    ("rmsprop", ["optim.momentum=0.5 is ignored with optim=rmsprop: use optim=momentum or optim=adam"]),
+    ("momentum", ["optim.eps=1e-06 is ignored with optim=momentum: use optim=rmsprop or optim=adam"]),
+    ("adam", []),
+])
+def test_the_optimizer_keys_warned_about_are_those_it_does_not_declare(optimizer, warned):
+    overrides = [f"optim={optimizer}", "optim.momentum=0.5", "optim.eps=1e-06", "optim.lr=0.1"]
+    assert ignored(validate(compose(overrides)), overrides) == warned

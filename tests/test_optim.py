@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from lesson5 import checks, optim
-from lesson5.config import Impl, OptimConf, OptimName, WdMode
+from lesson5.components import OPTIMIZERS
+from lesson5.config import Impl, OptimConf, WdMode
 
 STEPS = 150
 
@@ -37,12 +38,12 @@ def trajectory(conf: OptimConf, steps=STEPS, extra_loss=None, lean=False):
     return torch.stack(out)
 
 
-CASES = [(name, mode, wd) for name in OptimName for mode in WdMode for wd in (0.0, 0.1)]
+CASES = [(name, mode, wd) for name in OPTIMIZERS for mode in WdMode for wd in (0.0, 0.1)]
 
 
-@pytest.mark.parametrize("name, mode, wd", CASES, ids=[f"{n.value}-{m.value}-wd{w}" for n, m, w in CASES])
+@pytest.mark.parametrize("name, mode, wd", CASES, ids=[f"{n}-{m.value}-wd{w}" for n, m, w in CASES])
 def test_scratch_matches_torch(name, mode, wd):
-    lr = {OptimName.sgd: 0.1, OptimName.momentum: 0.1, OptimName.rmsprop: 1e-2, OptimName.adam: 1e-2}[name]
+    lr = {"sgd": 0.1, "momentum": 0.1, "rmsprop": 1e-2, "adam": 1e-2}[name]
     conf = OptimConf(name=name, lr=lr, wd=wd, wd_mode=mode, momentum=0.9, sqr_mom=0.99, eps=1e-5)
     ours = trajectory(_with(conf, Impl.scratch))
     theirs = trajectory(_with(conf, Impl.torch))
@@ -50,7 +51,7 @@ def test_scratch_matches_torch(name, mode, wd):
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name, mode, wd", CASES, ids=[f"{n.value}-{m.value}-wd{w}" for n, m, w in CASES])
+@pytest.mark.parametrize("name, mode, wd", CASES, ids=[f"{n}-{m.value}-wd{w}" for n, m, w in CASES])
 def test_lean_step_is_the_optimizers_own_step(name, mode, wd):
     """The training loop's stepper skips torch's per-call wrapper, not any of the update: bit-identical."""
     conf = OptimConf(name=name, lr=1e-2, wd=wd, wd_mode=mode, momentum=0.9, sqr_mom=0.99, eps=1e-5)
@@ -67,7 +68,7 @@ def _with(conf, impl):
 
 
 def test_scratch_optimizer_follows_a_momentum_schedule():
-    conf = OptimConf(name=OptimName.adam, impl=Impl.scratch, lr=1e-2)
+    conf = OptimConf(name="adam", impl=Impl.scratch, lr=1e-2)
     model, _, _ = model_and_data()
     opt = optim.build(conf, [list(model.parameters())], [conf.lr])
     assert optim.momentum_key(conf) == "momentum" and opt.param_groups[0]["momentum"] == 0.9
@@ -75,8 +76,8 @@ def test_scratch_optimizer_follows_a_momentum_schedule():
 
 @pytest.mark.parametrize("impl", list(Impl))
 def test_l2_equals_decoupled_for_plain_sgd_but_not_for_adam(impl):
-    assert checks.decay_vs_l2(OptimName.sgd, impl) < 1e-5  # the numbers the claims report shows
-    assert checks.decay_vs_l2(OptimName.adam, impl, wd=0.1) > 1e-2
+    assert checks.decay_vs_l2("sgd", impl) < 1e-5  # the numbers the claims report shows
+    assert checks.decay_vs_l2("adam", impl, wd=0.1) > 1e-2
 
 
 def test_lessons_update_is_l2_with_twice_the_wd():
@@ -86,8 +87,8 @@ def test_lessons_update_is_l2_with_twice_the_wd():
     def lesson_penalty(model):
         return wd * sum((p**2).sum() for p in model.parameters())
 
-    lesson = trajectory(OptimConf(name=OptimName.sgd, impl=Impl.scratch, lr=0.1, wd=0.0), extra_loss=lesson_penalty)
-    ours = trajectory(OptimConf(name=OptimName.sgd, impl=Impl.scratch, lr=0.1, wd=2 * wd, wd_mode=WdMode.l2))
+    lesson = trajectory(OptimConf(name="sgd", impl=Impl.scratch, lr=0.1, wd=0.0), extra_loss=lesson_penalty)
+    ours = trajectory(OptimConf(name="sgd", impl=Impl.scratch, lr=0.1, wd=2 * wd, wd_mode=WdMode.l2))
     torch.testing.assert_close(lesson, ours, rtol=1e-5, atol=1e-6)
 
 
@@ -96,11 +97,11 @@ def test_direct_fused_adam_step_is_torchs_step(mode, monkeypatch):
     """The stepper's direct call of the fused Adam(W) kernel gives torch's own step bit for bit, with lr and betas
     changed between steps (as the one-cycle schedule does), two groups with their own lr (discriminative lrs),
     and a layer frozen for a while (no grad, no state): its first step there goes through torch's step."""
-    conf = OptimConf(name=OptimName.adam, lr=1e-2, wd=0.1, wd_mode=mode, momentum=0.9, sqr_mom=0.99, eps=1e-5)
+    conf = OptimConf(name="adam", lr=1e-2, wd=0.1, wd_mode=mode, momentum=0.9, sqr_mom=0.99, eps=1e-5)
     torchs = []  # one entry per param group that torch's own fused Adam stepped
     adam_module = importlib.import_module("torch.optim.adam")
     fused_adam = adam_module._fused_adam
-    monkeypatch.setattr(adam_module, "_fused_adam", 
+    monkeypatch.setattr(adam_module, "_fused_adam",
                         lambda params, *a, **k: (params and torchs.append(1)) or fused_adam(params, *a, **k))
 
     def fit(lean):
@@ -128,6 +129,6 @@ def test_direct_fused_adam_step_is_torchs_step(mode, monkeypatch):
 
 def test_direct_fused_adam_call_only_under_the_torch_releases_it_was_checked_on():
     model, _, _ = model_and_data()
-    opt = optim.build(OptimConf(name=OptimName.adam, lr=1e-2), [list(model.parameters())], [1e-2])
+    opt = optim.build(OptimConf(name="adam", lr=1e-2), [list(model.parameters())], [1e-2])
     assert optim._fused_adam_kernel(opt, torch_version="2.14.1+cu130") is not None
     assert optim._fused_adam_kernel(opt, torch_version="2.15.0") is None  # Adam.step, unchanged numbers

@@ -1,5 +1,5 @@
-"""Each model and data set is declared once; every table derives from the declarations, and a user's own model is
-one file plus LESSON5_PLUGINS."""
+"""Each model, data set and optimizer is declared once; every table derives from the declarations, and a user's own
+model is one file plus LESSON5_PLUGINS."""
 
 import dataclasses
 import os
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.config_store import ConfigStore
 
-from lesson5 import compose, models
-from lesson5.components import DATASETS, MODELS, DataSpec, ModelSpec, declare
-from lesson5.config import ModelConf, validate
+from lesson5 import compose, models, optim
+from lesson5.components import DATASETS, MODELS, OPTIMIZERS, DataSpec, ModelSpec, OptimSpec, declare
+from lesson5.config import Impl, ModelConf, OptimConf, validate
 from lesson5.errors import ConfigError
 from lesson5.run import pick_device
 
@@ -91,8 +92,29 @@ def test_a_bad_declaration_is_refused_naming_what_is_wrong(change, message):
 
 
 def test_a_data_set_name_is_declared_once():
-    with pytest.raises(ConfigError, match="data set 'mnist' cannot be declared: a data set of that name is already"):
+    with pytest.raises(ConfigError, match="data set 'mnist' cannot be declared: another data set of that name is"):
         declare(DataSpec(name="mnist", schema=DATASETS["mnist"].schema, build="x:y", gives="flat 28x28 images"))
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_an_optimizer_is_built_and_scheduled_as_declared(name):
+    spec = OPTIMIZERS[name]
+    assert f"{name}.yaml" in ConfigStore.instance().list("optim")  # optim=<name>
+    conf = validate(compose([f"optim={name}"])).optim
+    params = [list(torch.nn.Linear(3, 2).parameters())]
+    for impl in Impl:
+        conf.impl = impl
+        group = optim.build(conf, params, [conf.lr]).param_groups[0]
+        key = optim.momentum_key(conf)
+        assert (key is None) == (spec.momentum is None) and (key is None or key in group)  # what the schedule moves
+    assert type(optim.build(conf, params, [conf.lr])) is spec.builder(spec.scratch)
+
+
+def test_an_optimizer_name_is_declared_once_and_an_undeclared_one_is_refused():
+    with pytest.raises(ConfigError, match="optimizer 'adam' cannot be declared: another optimizer of that name is"):
+        declare(OptimSpec(name="adam", schema=OptimConf, build="x:y", scratch="x:Y"))
+    with pytest.raises(ConfigError, match="optim=nadam is not declared here \\(only sgd, momentum, rmsprop, adam\\)"):
+        validate(compose(["optim.name=nadam"]))
 
 
 def test_a_model_whose_layer_groups_differ_from_its_declaration_is_refused(monkeypatch):

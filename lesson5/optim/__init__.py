@@ -1,4 +1,6 @@
-"""Optimizers by name (`optim.name`), from torch or written from the lesson's formulas (`optim.impl`).
+"""Core: optimizers by name (`optim.name`), from torch or written from the lesson's formulas (`optim.impl`).
+
+Each is declared once in lesson5.config (`OptimSpec`), naming its builder here and its scratch class.
 
 Weight decay convention (`optim.wd`, as in torch and fastai): `l2` adds wd*w to the gradient, i.e. it adds
 (wd/2)*sum(w**2) to the loss -- the lesson's `update()` adds wd*sum(w**2), which is our l2 with 2*wd.
@@ -9,46 +11,64 @@ Weight decay convention (`optim.wd`, as in torch and fastai): `l2` adds wd*w to 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from lesson5.config import Impl, OptimConf, OptimName, WdMode
+from lesson5.components import optim_spec
+from lesson5.config import Impl, OptimConf, WdMode
 
 
 def momentum_key(conf: OptimConf) -> Optional[str]:
     """The param-group key a momentum schedule moves, or None for optimizers without momentum."""
+    key = optim_spec(conf.name).momentum
     if conf.impl is Impl.scratch:  # scratch optimizers keep every coefficient under its config name
-        return "momentum" if conf.name in (OptimName.adam, OptimName.momentum) else None
-    return {OptimName.adam: "betas", OptimName.momentum: "momentum"}.get(conf.name)
+        return "momentum" if key else None
+    return key
 
 
 def build(conf: OptimConf, groups: Sequence[Sequence[nn.Parameter]], lrs: Sequence[float]) -> Optimizer:
     """An optimizer over layer groups, each with its own max lr (kept as `max_lr` for the schedule)."""
     param_groups = [{"params": list(g), "lr": lr, "max_lr": lr} for g, lr in zip(groups, lrs)]
+    spec = optim_spec(conf.name)
     if conf.impl is Impl.scratch:
-        from lesson5.optim import scratch
+        return spec.builder(spec.scratch)(param_groups, conf)
+    return spec.builder()(conf, param_groups)
 
-        return scratch.build(conf, param_groups)
+
+def adam(conf: OptimConf, param_groups: list[dict]) -> Optimizer:
+    """torch's Adam, or AdamW for decoupled weight decay."""
+    cls = torch.optim.AdamW if conf.wd_mode is WdMode.decoupled else torch.optim.Adam
+    # fused: one kernel for all tensors; ~3x less optimizer time per small step than foreach on CPU.
+    return cls(param_groups, lr=param_groups[-1]["lr"], betas=(conf.momentum, conf.sqr_mom), eps=conf.eps,
+               weight_decay=conf.wd, fused=_fusable(param_groups))
+
+
+def rmsprop(conf: OptimConf, param_groups: list[dict]) -> Optimizer:
+    """torch's RMSprop (its alpha is our sqr_mom)."""
+    return _decayed(torch.optim.RMSprop, conf, param_groups, alpha=conf.sqr_mom, eps=conf.eps)
+
+
+def momentum(conf: OptimConf, param_groups: list[dict]) -> Optimizer:
+    """torch's SGD with the lesson's momentum."""
+    return sgd(conf, param_groups, conf.momentum)
+
+
+def sgd(conf: OptimConf, param_groups: list[dict], mom: float = 0.0) -> Optimizer:
+    """torch's SGD; `mom`, from `momentum`, as the lesson's moving average."""
+    # dampening=mom makes torch's buffer the lesson's moving average v = mom*v + (1-mom)*g, started at the
+    # first gradient (like pandas' ewm(adjust=False)), rather than fastai's undamped v = mom*v + g.
+    return _decayed(torch.optim.SGD, conf, param_groups, momentum=mom, dampening=mom, fused=_fusable(param_groups))
+
+
+def _decayed(cls, conf: OptimConf, param_groups: list[dict], **kwargs) -> Optimizer:
+    """`cls` with L2 weight decay, or wrapped in DecoupledDecay for decoupled."""
     decoupled = conf.wd_mode is WdMode.decoupled
-    wd = conf.wd
-    if conf.name is OptimName.adam:
-        cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-        # fused: one kernel for all tensors; ~3x less optimizer time per small step than foreach on CPU.
-        return cls(param_groups, lr=lrs[-1], betas=(conf.momentum, conf.sqr_mom), eps=conf.eps, weight_decay=wd,
-                   fused=_fusable(param_groups))
-    if conf.name is OptimName.rmsprop:
-        opt = torch.optim.RMSprop(param_groups, lr=lrs[-1], alpha=conf.sqr_mom, eps=conf.eps,
-                                  weight_decay=0.0 if decoupled else wd)
-    else:
-        mom = conf.momentum if conf.name is OptimName.momentum else 0.0
-        # dampening=mom makes torch's buffer the lesson's moving average v = mom*v + (1-mom)*g, started at the
-        # first gradient (like pandas' ewm(adjust=False)), rather than fastai's undamped v = mom*v + g.
-        opt = torch.optim.SGD(param_groups, lr=lrs[-1], momentum=mom, dampening=mom,
-                              weight_decay=0.0 if decoupled else wd, fused=_fusable(param_groups))
-    return DecoupledDecay(opt, wd) if decoupled and wd else opt
+    opt = cls(param_groups, lr=param_groups[-1]["lr"], weight_decay=0.0 if decoupled else conf.wd, **kwargs)
+    return DecoupledDecay(opt, conf.wd) if decoupled and conf.wd else opt
 
 
 def _fusable(param_groups) -> bool:

@@ -1,4 +1,4 @@
-"""The lesson's optimizers written from their formulas (`optim.impl=scratch`).
+"""Core: the lesson's optimizers written from their formulas (`optim.impl=scratch`; each `OptimSpec` names its class).
 
 Each is checked against its torch.optim counterpart step by step in tests/test_optim.py. With g the gradient:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch.optim import Optimizer
 
-from lesson5.config import OptimConf, OptimName, WdMode
+from lesson5.config import OptimConf, WdMode
 
 
 class ScratchOptimizer(Optimizer):
@@ -83,10 +83,3 @@ class Adam(ScratchOptimizer):
         m_hat = state["avg"] / (1 - b1**t)
         s_hat = state["sqr_avg"] / (1 - b2**t)
         p.sub_(group["lr"] * m_hat / (s_hat.sqrt() + group["eps"]))
-
-
-CLASSES = {OptimName.sgd: SGD, OptimName.momentum: Momentum, OptimName.rmsprop: RMSprop, OptimName.adam: Adam}
-
-
-def build(conf: OptimConf, param_groups: list[dict]) -> ScratchOptimizer:
-    return CLASSES[conf.name](param_groups, conf)
