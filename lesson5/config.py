@@ -268,7 +268,7 @@ class OptimConf:
 _L2 = {"wd_mode": WdMode.l2}
 declare(OptimSpec(name="sgd", schema=OptimConf, build="lesson5.optim:sgd", scratch="lesson5.optim.scratch:SGD",
                   defaults=_L2))
-declare(OptimSpec(name="momentum", schema=OptimConf, build="lesson5.optim:momentum",
+declare(OptimSpec(name="momentum", schema=OptimConf, build="lesson5.optim:sgd",
                   scratch="lesson5.optim.scratch:Momentum", uses=("momentum",), momentum="momentum", defaults=_L2))
 declare(OptimSpec(name="rmsprop", schema=OptimConf, build="lesson5.optim:rmsprop",
                   scratch="lesson5.optim.scratch:RMSprop", uses=("sqr_mom", "eps"), defaults={**_L2, "eps": 1e-8}))
@@ -472,10 +472,8 @@ _IGNORED = [
 def ignored(conf: Config, overrides: Sequence[str]) -> list[str]:
     """Warnings for the keys set in `overrides` that the chosen components ignore, naming what to use instead."""
     given = {o.split("=", 1)[0].lstrip("+~"): o for o in overrides if "=" in o}
-    users: dict[str, list[str]] = {}  # each optimizer's own key (OptimSpec.uses), and the optimizers that read it
-    for spec in components.OPTIMIZERS.values():
-        for key in spec.uses:
-            users.setdefault(f"optim.{key}", []).append(f"optim={spec.name}")
+    specs = components.OPTIMIZERS.values()  # each optimizer's own keys (OptimSpec.uses), and who reads each one
+    users = {f"optim.{k}": [f"optim={s.name}" for s in specs if k in s.uses] for spec in specs for k in spec.uses}
     chosen = f"optim={conf.optim.name}"
     return [f"{given[key]} is ignored with {chosen}: use {' or '.join(names)}" for key, names in users.items()
             if key in given and chosen not in names] + \

@@ -25,9 +25,8 @@ from lesson5.config import Impl, OptimConf, WdMode
 def momentum_key(conf: OptimConf) -> Optional[str]:
     """The param-group key a momentum schedule moves, or None for optimizers without momentum."""
     key = optim_spec(conf.name).momentum
-    if conf.impl is Impl.scratch:  # scratch optimizers keep every coefficient under its config name
-        return "momentum" if key else None
-    return key
+    # scratch optimizers keep every coefficient under its config name
+    return ("momentum" if key else None) if conf.impl is Impl.scratch else key
 
 
 def build(conf: OptimConf, groups: Sequence[Sequence[nn.Parameter]], lrs: Sequence[float]) -> Optimizer:
@@ -42,7 +41,7 @@ def build(conf: OptimConf, groups: Sequence[Sequence[nn.Parameter]], lrs: Sequen
 def adam(conf: OptimConf, param_groups: list[dict]) -> Optimizer:
     """torch's Adam, or AdamW for decoupled weight decay."""
     cls = torch.optim.AdamW if conf.wd_mode is WdMode.decoupled else torch.optim.Adam
-    # fused: one kernel for all tensors; ~3x less optimizer time per small step than foreach on CPU.
+    # fused: one kernel for all tensors, much less optimizer time per small step than foreach on the CPU.
     return cls(param_groups, lr=param_groups[-1]["lr"], betas=(conf.momentum, conf.sqr_mom), eps=conf.eps,
                weight_decay=conf.wd, fused=_fusable(param_groups))
 
@@ -52,13 +51,9 @@ def rmsprop(conf: OptimConf, param_groups: list[dict]) -> Optimizer:
     return _decayed(torch.optim.RMSprop, conf, param_groups, alpha=conf.sqr_mom, eps=conf.eps)
 
 
-def momentum(conf: OptimConf, param_groups: list[dict]) -> Optimizer:
-    """torch's SGD with the lesson's momentum."""
-    return sgd(conf, param_groups, conf.momentum)
-
-
-def sgd(conf: OptimConf, param_groups: list[dict], mom: float = 0.0) -> Optimizer:
-    """torch's SGD; `mom`, from `momentum`, as the lesson's moving average."""
+def sgd(conf: OptimConf, param_groups: list[dict]) -> Optimizer:
+    """torch's SGD, with the lesson's momentum for an optimizer declared to use it (optim=momentum)."""
+    mom = conf.momentum if "momentum" in optim_spec(conf.name).uses else 0.0
     # dampening=mom makes torch's buffer the lesson's moving average v = mom*v + (1-mom)*g, started at the
     # first gradient (like pandas' ewm(adjust=False)), rather than fastai's undamped v = mom*v + g.
     return _decayed(torch.optim.SGD, conf, param_groups, momentum=mom, dampening=mom, fused=_fusable(param_groups))
