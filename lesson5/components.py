@@ -1,5 +1,4 @@
-"""Core: every model, data set and optimizer is declared once, as a `ModelSpec`, `DataSpec` or `OptimSpec`; all
-their tables derive from it.
+"""Core: each model, data set and optimizer is declared once (ModelSpec, DataSpec, OptimSpec); tables derive from it.
 
 A declaration holds a component's facts: its schema (keys, defaults, ranges), its builder, for a model its loss,
 layer-group count, default data, device preference and recipe, and for an optimizer its scratch class, the keys it
@@ -102,7 +101,7 @@ class ModelSpec(Spec):
 
 @dataclass(frozen=True, kw_only=True)
 class OptimSpec(Spec):
-    """An optimizer: `build(conf, param_groups)` gives torch's, `scratch(param_groups, conf)` the lesson's."""
+    """An optimizer: `build(param_groups, conf)` gives torch's, `scratch(param_groups, conf)` the lesson's."""
 
     key: ClassVar[str] = "optim"
     scratch: Union[str, Callable]  # its lesson5.optim.scratch class (optim.impl=scratch), "module:Class" as build

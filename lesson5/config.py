@@ -453,8 +453,7 @@ def _stage_problems(obj: Config) -> list[str]:
     return out
 
 
-# Keys that the chosen components ignore: (key, whether it is ignored, by what, what to do instead); the optimizers'
-# own keys (`OptimSpec.uses`) are added by `ignored`.
+# Keys that the chosen components ignore (and the optimizers' own, by `ignored`): (key, when, by what, instead).
 _IGNORED = [
     ("optim.wd_mode", lambda c: c.optim.wd == 0, lambda c: "optim.wd=0", "set optim.wd to decay the weights"),
     *[(f"schedule.{k}", lambda c: c.schedule.name is ScheduleName.constant, lambda c: "schedule=constant",

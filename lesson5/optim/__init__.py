@@ -32,13 +32,11 @@ def momentum_key(conf: OptimConf) -> Optional[str]:
 def build(conf: OptimConf, groups: Sequence[Sequence[nn.Parameter]], lrs: Sequence[float]) -> Optimizer:
     """An optimizer over layer groups, each with its own max lr (kept as `max_lr` for the schedule)."""
     param_groups = [{"params": list(g), "lr": lr, "max_lr": lr} for g, lr in zip(groups, lrs)]
-    spec = optim_spec(conf.name)
-    if conf.impl is Impl.scratch:
-        return spec.builder(spec.scratch)(param_groups, conf)
-    return spec.builder()(conf, param_groups)
+    spec = optim_spec(conf.name)  # its builder here, or its scratch class: both take (param_groups, conf)
+    return spec.builder(spec.scratch if conf.impl is Impl.scratch else None)(param_groups, conf)
 
 
-def adam(conf: OptimConf, param_groups: list[dict]) -> Optimizer:
+def adam(param_groups: list[dict], conf: OptimConf) -> Optimizer:
     """torch's Adam, or AdamW for decoupled weight decay."""
     cls = torch.optim.AdamW if conf.wd_mode is WdMode.decoupled else torch.optim.Adam
     # fused: one kernel for all tensors, much less optimizer time per small step than foreach on the CPU.
@@ -46,20 +44,20 @@ def adam(conf: OptimConf, param_groups: list[dict]) -> Optimizer:
                weight_decay=conf.wd, fused=_fusable(param_groups))
 
 
-def rmsprop(conf: OptimConf, param_groups: list[dict]) -> Optimizer:
+def rmsprop(param_groups: list[dict], conf: OptimConf) -> Optimizer:
     """torch's RMSprop (its alpha is our sqr_mom)."""
-    return _decayed(torch.optim.RMSprop, conf, param_groups, alpha=conf.sqr_mom, eps=conf.eps)
+    return _decayed(torch.optim.RMSprop, param_groups, conf, alpha=conf.sqr_mom, eps=conf.eps)
 
 
-def sgd(conf: OptimConf, param_groups: list[dict]) -> Optimizer:
+def sgd(param_groups: list[dict], conf: OptimConf) -> Optimizer:
     """torch's SGD, with the lesson's momentum for an optimizer declared to use it (optim=momentum)."""
     mom = conf.momentum if "momentum" in optim_spec(conf.name).uses else 0.0
     # dampening=mom makes torch's buffer the lesson's moving average v = mom*v + (1-mom)*g, started at the
     # first gradient (like pandas' ewm(adjust=False)), rather than fastai's undamped v = mom*v + g.
-    return _decayed(torch.optim.SGD, conf, param_groups, momentum=mom, dampening=mom, fused=_fusable(param_groups))
+    return _decayed(torch.optim.SGD, param_groups, conf, momentum=mom, dampening=mom, fused=_fusable(param_groups))
 
 
-def _decayed(cls, conf: OptimConf, param_groups: list[dict], **kwargs) -> Optimizer:
+def _decayed(cls, param_groups: list[dict], conf: OptimConf, **kwargs) -> Optimizer:
     """`cls` with L2 weight decay, or wrapped in DecoupledDecay for decoupled."""
     decoupled = conf.wd_mode is WdMode.decoupled
     opt = cls(param_groups, lr=param_groups[-1]["lr"], weight_decay=0.0 if decoupled else conf.wd, **kwargs)
