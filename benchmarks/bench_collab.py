@@ -188,7 +188,8 @@ def main() -> None:
             a, b = med[on], med[off]
             print(f"{label}: fit {100 * (a['fit_s'] / b['fit_s'] - 1):+.1f}%, whole command "
                   f"{100 * (a['command_s'] / b['command_s'] - 1):+.1f}% ({a['command_s'] - b['command_s']:+.2f} s)")
-    print(f"sweep trials (run(cfg) in one process, one shared writer, no MLflow model): untracked {trials['off']:.2f} s, "
+    print(f"sweep trials (run(cfg) in one process, one shared writer, no MLflow model): "
+          f"untracked {trials['off']:.2f} s, "
           f"tracked {trials['on']:.2f} s, {100 * (trials['on'] / trials['off'] - 1):+.1f}% per trial")
 
 

@@ -85,7 +85,8 @@ def main() -> None:
                 print(f"  {split} {label}: {rows[-1][1]}", file=sys.stderr)
     print(f"\nvalid RMSE over trainer.seed in {seeds}" + (f", overrides {' '.join(args.overrides)}" if args.overrides
                                                            else ", the lesson recipe"))
-    print(f"{'split':<26}{'seed 42':>9}{'mean':>9}{'std':>8}{'median':>9}{'min':>9}{'max':>9}  target  seeds at or under")
+    print(f"{'split':<26}{'seed 42':>9}{'mean':>9}{'std':>8}{'median':>9}{'min':>9}{'max':>9}"
+          "  target  seeds at or under")
     for split, rmse in rows:
         target = TARGETS.get(split.split()[0])
         under = f"{sum(r <= target for r in rmse)}/{len(rmse)}" if target else ""

@@ -83,7 +83,8 @@ def artifacts(model, data, min_ratings: int = MIN_RATINGS) -> tuple[dict[str, by
              "interpret/bias.json": json.dumps({
                  "mean_rating": items.mean_rating.round(4).tolist(), "bias": items.bias.round(4).tolist(),
                  "spearman": rho if rho == rho else 0.0,
-                 "labels": [[t, m, b] for t, m, b in zip(extremes.title, extremes.mean_rating, extremes.bias)]}).encode()}
+                 "labels": [[t, m, b] for t, m, b in zip(extremes.title, extremes.mean_rating, extremes.bias)],
+             }).encode()}
     if len(explained) >= 2:
         files["interpret/pca.json"] = json.dumps({"x": top.pc1.tolist(), "y": top.pc2.tolist(),
                                                   "titles": top.title.tolist(), "explained": explained}).encode()

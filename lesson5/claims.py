@@ -14,12 +14,14 @@ import hashlib
 import itertools
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from lesson5.sweep.spec import SWEEPS
 from lesson5.load import tracking_uri
-from lesson5.sweep.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, judge as judge_trials
+from lesson5.sweep.spec import SWEEPS
+from lesson5.sweep.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from lesson5.sweep.verdict import judge as judge_trials
 from lesson5.tracking.store import finished_runs, resolve_uri
 
 NOT_TESTED = "not yet tested"

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +64,7 @@ class Learner:
 
     @classmethod
     def from_config(cls, conf: Config, data: Data, fold: Fold, model: nn.Module, device: torch.device,
-                    callbacks: Sequence[Callback] = (), schedule: bool = True) -> "Learner":
+                    callbacks: Sequence[Callback] = (), schedule: bool = True) -> Learner:
         """A Learner for one fold of `conf`: its optimizer over the model's layer groups, its Recorder, the
         schedule (unless `schedule` is False: a callback of the caller's sets the lr), a progress bar with
         `trainer.progress`, and the batch sources."""
@@ -84,7 +85,7 @@ class Learner:
         learn.recorder, learn.scheduler = recorder, scheduler
         return learn
 
-    def fit_stages(self, conf: Config, device: torch.device) -> list["stages.StageResult"]:
+    def fit_stages(self, conf: Config, device: torch.device) -> list[stages.StageResult]:
         """Every stage of `conf` in turn (trainer.stages, or one fit of trainer.epochs): fastai's
         `fit_one_cycle`/`fine_tune` as configuration. Each stage's result is kept in `self.stages`."""
         for stage in stages.plan(conf):
@@ -154,7 +155,7 @@ class Learner:
                 epoch_start = time.perf_counter()
                 for hook in hooks["before_epoch"]:
                     hook(self)
-                for self.xb, self.yb in self.train.epoch(self.gen):
+                for self.xb, self.yb in self.train.epoch(self.gen):  # noqa: B020 - the batch is state for callbacks
                     for hook in hooks["before_batch"]:
                         hook(self)
                     loss = loss_fn(model(self.xb), self.yb)

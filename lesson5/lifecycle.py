@@ -19,8 +19,9 @@ import io
 import json
 import platform
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -30,10 +31,10 @@ from lesson5 import metrics, naming
 from lesson5.callback import Callback
 from lesson5.config import Config, TrackingMode, compose
 from lesson5.data import Data, Fold
+from lesson5.errors import ConfigError
 from lesson5.learner import Learner
 from lesson5.outcome import Outcome, outcome
 from lesson5.recorder import Recorder
-from lesson5.errors import ConfigError
 from lesson5.tracking import Tracker, store
 from lesson5.tracking.messages import Started
 
@@ -119,7 +120,7 @@ class TrackedRun:
     def tracked(self) -> bool:
         return self.tracker is not None
 
-    def __enter__(self) -> "TrackedRun":
+    def __enter__(self) -> TrackedRun:
         if self.tracker is None:
             return self
         self.rid = self.tracker.start_run(**self._start)

@@ -7,8 +7,9 @@ come from its artifacts; the data from lesson5's cache (fetched again if it is g
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -33,7 +34,7 @@ class Loaded:
     data: Any  # lesson5.data.Data
     model: Any  # torch.nn.Module, in eval mode on the CPU
 
-    def log(self, files: dict[str, bytes], metrics: dict[str, float] = {}) -> None:
+    def log(self, files: dict[str, bytes], metrics: Optional[dict[str, float]] = None) -> None:
         """Add artifacts (by path in the run) and metrics to the run."""
         mlflow_client = store.client(self.uri)
         store.log_files(mlflow_client, self.run_id, files)

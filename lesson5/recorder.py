@@ -3,7 +3,7 @@ fits of a Learner; the plots and the tracking callback read it."""
 
 from __future__ import annotations
 
-from typing import Optional, TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 

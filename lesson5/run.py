@@ -12,9 +12,10 @@ import resource
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -111,7 +112,7 @@ def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[C
     conf = validate(cfg)
     for warning in ignored(conf, overrides):
         print(f"warning: {warning}", file=sys.stderr)
-    device = pick_device(conf.trainer.device, conf.model.name)  # a missing device is refused before the tracker or the data
+    device = pick_device(conf.trainer.device, conf.model.name)  # refused before the tracker or the data
     own = open_tracker(conf) if tracker is None else None  # its writer imports MLflow while the data loads
     try:
         return _run(cfg, conf, device, overrides, callbacks, (tracker or own) if conf.tracking.enabled else None,

@@ -18,14 +18,14 @@ import os
 import resource
 import threading
 from dataclasses import dataclass
-from typing import Optional, TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
 from lesson5 import slices
-from lesson5.config import Config, StageConf
 from lesson5.callback import Callback
+from lesson5.config import Config, StageConf
 from lesson5.optim.schedule import ParamScheduler
 
 if TYPE_CHECKING:  # the Learner calls these callbacks; importing it at run time would be a cycle

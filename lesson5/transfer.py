@@ -64,7 +64,8 @@ class Protocol:
             epochs = sum(s.epochs for s in mnist.trainer.stages)
             head_lr = mnist.trainer.stages[0].lr
             out["single_lr"].append(self.run(f"finetune single lr seed={seed}", "mnist", [
-                weights, f"trainer.seed={seed}", f"trainer.stages.1.lr={slices.group_lrs(mnist.trainer.stages[1].lr, 3)[-1]}"]))
+                weights, f"trainer.seed={seed}",
+                f"trainer.stages.1.lr={slices.group_lrs(mnist.trainer.stages[1].lr, 3)[-1]}"]))
             out["scratch"].append(self.run(f"scratch seed={seed}", "mnist", [
                 "model.weights=none", f"trainer.seed={seed}",
                 f"++trainer.stages=[{{name: scratch, epochs: {epochs}, lr: {head_lr}}}]"]))

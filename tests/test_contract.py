@@ -17,9 +17,9 @@ from mlflow import MlflowClient
 
 from lesson5 import compose
 from lesson5 import data as datasets
+from lesson5.callback import Callback, CancelFit
 from lesson5.config import validate
 from lesson5.errors import Lesson5Error
-from lesson5.callback import Callback, CancelFit
 from lesson5.learner import Learner
 from lesson5.run import build_model, pick_device, run
 from tests.conftest import write_movielens

@@ -8,14 +8,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from lesson5 import compose, losses
-from lesson5.lifecycle import TrackMetrics
-from lesson5.recorder import Recorder
+from lesson5.callback import Callback
 from lesson5.config import ScheduleConf
 from lesson5.data.batches import LoaderBatches, TensorBatches
 from lesson5.errors import DivergedError
-from lesson5.callback import Callback
 from lesson5.learner import Learner
+from lesson5.lifecycle import TrackMetrics
 from lesson5.optim.schedule import ParamScheduler
+from lesson5.recorder import Recorder
 from lesson5.run import run
 from lesson5.tracking import Tracker
 

@@ -11,10 +11,10 @@ fastai v2 uses pct_start 0.25 and div_final 1e5.
 from __future__ import annotations
 
 import math
-from typing import Optional, TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
-from lesson5.config import ScheduleConf, ScheduleName
 from lesson5.callback import Callback
+from lesson5.config import ScheduleConf, ScheduleName
 
 if TYPE_CHECKING:  # the Learner calls these callbacks; importing it at run time would be a cycle
     from lesson5.learner import Learner

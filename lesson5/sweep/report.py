@@ -121,7 +121,8 @@ def build(opt: optuna.Study, study: Study) -> Report:
     if imp:
         lines += ["", "## Parameter importances (fANOVA)", "", "| param | importance |", "|---|---:|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in imp.items()]
-    plots = {f"{opt.study_name}_{p.key}.png": plot_param(study, opt.study_name, trials, p.key) for p in study.space} if trials else {}
+    plots = {f"{opt.study_name}_{p.key}.png": plot_param(study, opt.study_name, trials, p.key)
+             for p in study.space} if trials else {}
     lines += ["", *[f"![{name}]({name})" for name in plots], ""]
     return Report(verdict, "\n".join(lines), plots)
 
