@@ -368,8 +368,6 @@ class Config:
 
 # conf/ at the top of the checkout, shipped inside the package as lesson5.conf (pyproject.toml's package-dir), so
 # an installed wheel and an editable checkout both find it as a package.
-# conf/ at the top of the checkout, shipped inside the package as lesson5.conf (pyproject.toml's package-dir), so
-# an installed wheel and an editable checkout both find it as a package.
 CONF_PACKAGE = "lesson5.conf"
 CONF_DIR = Path(str(files(CONF_PACKAGE)))
 
