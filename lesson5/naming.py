@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 MAX_RUN_NAME = 250  # MLflow's run-name column; a longer name is cut, never refused
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Optional
 
 import matplotlib
 
@@ -123,8 +124,9 @@ TABLE_PLOTS = {"confusion_matrix.json": ("plots/confusion_matrix.png", confusion
                "interpret/pca.json": ("interpret/pca.png", pca_scatter)}
 
 
-def run_plots(series: Series, tables: dict[str, object] = {}) -> Iterator[tuple[str, bytes]]:
+def run_plots(series: Series, tables: Optional[dict[str, object]] = None) -> Iterator[tuple[str, bytes]]:
     """(artifact path, PNG) for every plot the metric series and JSON artifacts allow."""
+    tables = tables or {}
     drawable = [(f"plots/{name}.png", draw, series) for name, draw, needs in
                 (("loss", loss_curve, "train_loss_step"), ("schedule", schedule, "lr")) if series.get(needs)]
     drawable += [(*TABLE_PLOTS[name], table) for name, table in tables.items() if name in TABLE_PLOTS]

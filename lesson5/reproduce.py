@@ -38,7 +38,8 @@ def measure_all(ctx: Context, only: Optional[list[str]] = None) -> list[tuple]:
 def markdown(rows: list[tuple], command: str, quick: bool, made: list[dict]) -> str:
     reused = sum(1 for m in made if m.get("reused"))
     lines = ["# Lesson 5's claims, re-tested", "",
-             f"Made by `{command}` on {time.strftime('%Y-%m-%d')} ({'quick: fewer values and seeds' if quick else 'full grids'}; "
+             f"Made by `{command}` on {time.strftime('%Y-%m-%d')} "
+             f"({'quick: fewer values and seeds' if quick else 'full grids'}; "
              f"{len(made)} runs, {reused} of them reused from earlier reports; MLflow experiment `lesson5-claims`). "
              "Each verdict is computed from the numbers beside it (`lesson5/claims.py`).", "",
              "| claim | how it was tested | numbers | verdict |", "|---|---|---|---|"]

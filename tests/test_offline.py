@@ -120,7 +120,8 @@ def test_a_tracking_server_killed_mid_run_loses_nothing(tmp_path, movielens_dir)
         assert first.returncode == 0, first.stderr[-3000:]
         assert "nothing to sync" in second.stdout
         client = MlflowClient(uri)
-        runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("failover").experiment_id])}
+        exp = client.get_experiment_by_name("failover").experiment_id
+        runs = {r.info.run_name: r for r in client.search_runs([exp])}
         assert set(runs) == {"reference", "failover"}  # the run was continued, not copied
         got, want = contents(client, runs["failover"]), contents(client, runs["reference"])
         assert got[0] == want[0]  # every metric row, step and value, once

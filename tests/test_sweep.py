@@ -161,7 +161,8 @@ def test_a_study_with_two_workers_on_a_journal(tmp_path, data_args):
 @pytest.mark.slow
 def test_a_diverging_trial_fails_and_the_study_completes(tmp_path, data_args):
     study = write_study(tmp_path, space={"optim.lr": {"choices": [0.01, 1.0e6]}}, seeds=[0],
-                        rule={"kind": "best", "param": "optim.lr", "value": 0.01}, base=["optim=sgd", "model.y_range=null"])
+                        rule={"kind": "best", "param": "optim.lr", "value": 0.01},
+                        base=["optim=sgd", "model.y_range=null"])
     done = sweep(tmp_path, study, *data_args)
     assert done.returncode == 0, done.stderr[-3000:]
     (parent,), children = runs_of(tmp_path, "tiny")

@@ -12,7 +12,8 @@ Both shuffle with `torch.randperm(n, generator=gen)`, so on the same rows and se
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Union
+from collections.abc import Iterator
+from typing import Optional, Union
 
 import torch
 from torch import Tensor

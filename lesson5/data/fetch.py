@@ -16,9 +16,10 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Optional
 
 from lesson5.errors import DataError
 
@@ -131,7 +132,8 @@ def fetch(
         try:
             source.fill(tmp)
             digests = {f: file_hash(tmp / f) for f in files}
-            bad = [f"{f} has sha256 {digests[f]}, expected {known[f]}" for f in files if f in known and digests[f] != known[f]]
+            bad = [f"{f} has sha256 {digests[f]}, expected {known[f]}" for f in files
+                   if f in known and digests[f] != known[f]]
             if bad:
                 raise DataError("; ".join(bad))
             (tmp / MANIFEST).write_text(json.dumps(digests, indent=1))

