@@ -174,7 +174,7 @@ def test_closing_a_tracker_whose_writer_died_fails_at_once(tmp_path):
     rid = tracker.start_run(experiment="e", name="r", params={}, tags={})
     run_id = tracker.run_info(rid).run_id
     tracker._proc.kill()
-    tracker._proc.join(10)
+    tracker._proc.wait(10)
     with pytest.raises(TrackingError, match="writer exited .* marked FAILED"):
         tracker.close(timeout=60)
     run = MlflowClient(uri).get_run(run_id)

@@ -8,8 +8,9 @@ Optuna and MLflow, never torch: trials run in the worker processes.
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import pickle
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from optuna.trial import TrialState
 
 from lesson5 import naming
 from lesson5.errors import ConfigError
+from lesson5.process import start_module
 from lesson5.sweep import spec as specs
 from lesson5.sweep import storage as stores
 from lesson5.sweep.spec import Study
@@ -122,29 +124,32 @@ class Sweep:
 
     def run(self) -> int:
         """Start the workers, wait for them, then close the parent run if the study is complete."""
-        from lesson5.sweep import worker
-
         print(f"study {self.study_name}: {self.study.n_trials} trials, {self.workers} worker(s) on "
               f"{socket.gethostname()}, storage {self.storage}; MLflow parent run {self.parent_run_id} in "
               f"{self.tracking_uri}", file=sys.stderr)
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=worker.main, name=f"lesson5-sweep-worker-{i}",
-                             args=(self.study, self.storage, self.study_name, self.parent_run_id, self.tracking_uri))
-                 for i in range(self.workers)]
         start = time.perf_counter()
         interrupted = False
-        for p in procs:
-            p.start()
+        procs = [self._start("main") for _ in range(self.workers)]
         try:
             for p in procs:
-                p.join()
+                p.wait()
         except KeyboardInterrupt:  # the workers got Ctrl-C too: let them close their runs and trials
             interrupted = True
             for p in procs:
-                p.join()
+                p.wait()
         wall = time.perf_counter() - start
-        return self._finish(wall, interrupted or any(p.exitcode == 130 for p in procs),
-                            [p.exitcode for p in procs if p.exitcode not in (0, 130)])
+        return self._finish(wall, interrupted or any(p.returncode == 130 for p in procs),
+                            [p.returncode for p in procs if p.returncode not in (0, 130)])
+
+    def _start(self, entry: str) -> subprocess.Popen:
+        """A worker process running `worker.<entry>` (main or score_final) on this study. Its arguments go over
+        its standard input, not its command line, where a storage URL's password would show; it stays in this
+        process group, so that Ctrl-C reaches it too."""
+        proc = start_module("lesson5.sweep.worker", stdin=subprocess.PIPE)
+        proc.stdin.write(pickle.dumps((entry, (self.study, self.storage, self.study_name, self.parent_run_id,
+                                               self.tracking_uri))))
+        proc.stdin.close()
+        return proc
 
     def _finish(self, wall: float, interrupted: bool, crashed: list) -> int:
         from lesson5.sweep import report
@@ -177,13 +182,8 @@ class Sweep:
                   file=sys.stderr)
             return 0
         if self.study.final is not None and "final.base" not in self.opt.user_attrs:
-            from lesson5.sweep import worker
-
             print(f"scoring the best recipe and the base with {' '.join(self.study.final)}", file=sys.stderr)
-            final = mp.get_context("spawn").Process(target=worker.score_final, args=(
-                self.study, self.storage, self.study_name, self.parent_run_id, self.tracking_uri))
-            final.start()
-            final.join()
+            self._start("score_final").wait()
         result = report.write(self.opt, self.study, client=client, parent_run_id=self.parent_run_id)
         client.log_metric(self.parent_run_id, "sweep_wall_seconds", wall)
         client.set_terminated(self.parent_run_id, "FINISHED")

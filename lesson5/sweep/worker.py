@@ -171,3 +171,16 @@ def score_final(study: Study, storage: str, study_name: str, parent_run_id: str,
             opt.set_user_attr(f"final.{label}", {"overrides": overrides, "folds": folds, "run_id": result.run_id})
     finally:
         tracker.close()
+
+
+def cli() -> None:
+    """`python -m lesson5.sweep.worker`, as the driver starts it: (entry, args) pickled on standard input, entry
+    "main" (a worker) or "score_final"."""
+    import pickle
+
+    entry, args = pickle.load(sys.stdin.buffer)
+    {"main": main, "score_final": score_final}[entry](*args)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,4 +1,5 @@
-"""What the trainer and the tracking writer say to each other: plain dataclasses of plain Python values.
+"""What the trainer and the tracking writer say to each other (services layer): plain dataclasses of plain
+Python values, sent as length-prefixed pickles over the writer's standard input and output (`Pipe`).
 
 Values are str, float, int and bytes only: unpickling a torch or numpy value would import torch in the writer.
 A run is named by a small local id (`rid`) until MLflow assigns its run id.
@@ -6,14 +7,54 @@ A run is named by a small local id (`rid`) until MLflow assigns its run id.
 
 from __future__ import annotations
 
+import pickle
+import struct
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import BinaryIO, Optional, Union
 
 Row = tuple[str, float, int]  # (key, value, step)
+_LENGTH = struct.Struct("!Q")  # each message: its pickle's length, then the pickle
+
+
+class Pipe:
+    """One direction of the trainer-writer channel on a binary file: `put` sends a message, `get` reads the next
+    one, raising EOFError once the other end has closed (or died)."""
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+
+    def put(self, msg) -> None:
+        """Send `msg` now (a pipe of the OS buffers it; the caller's thread may block when that is full)."""
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        self.file.write(_LENGTH.pack(len(data)))
+        self.file.write(data)
+        self.file.flush()
+
+    def get(self):
+        """The next message, waiting for it."""
+        head = self.file.read(_LENGTH.size)
+        if len(head) < _LENGTH.size:
+            raise EOFError("the other end closed the channel")
+        (n,) = _LENGTH.unpack(head)
+        data = self.file.read(n)
+        if len(data) < n:
+            raise EOFError("the other end closed the channel mid-message")
+        return pickle.loads(data)
 
 
 @dataclass
-class StartRun:  # trainer -> writer: StartRun, LogMetrics, LogFiles, LogModel, EndRun, Close
+class Settings:
+    """trainer -> writer, first: where to write, whether to spool (tracking.mode=offline), whether runs will log
+    MLflow models (the writer then imports torch while it waits)."""
+
+    uri: str
+    spool_root: str
+    offline: bool = False
+    models: bool = False
+
+
+@dataclass
+class StartRun:  # trainer -> writer: Settings, then StartRun, LogMetrics, LogFiles, LogModel, EndRun, Close
     rid: int
     experiment: str
     name: Optional[str]
@@ -58,7 +99,6 @@ class EndRun:
 @dataclass
 class Close:
     """Finish everything queued, then exit."""
-
 
 
 @dataclass

@@ -1,9 +1,13 @@
-"""The tracking writer: a spawned process that owns the MlflowClient and turns messages into MLflow calls.
+"""The tracking writer (services layer): a process that owns the MlflowClient and turns messages into MLflow calls.
 
 A synchronous MLflow call costs milliseconds, so the trainer only queues messages (`messages.py`) and never
 imports MLflow; the writer, on its own core, logs them through MLflow's public client API (metrics with
 `log_batch`), draws the plots when a run ends and closes it. It ignores Ctrl-C (the trainer decides the status),
-and if the trainer dies without closing its runs, it marks them FAILED.
+and if the trainer dies without closing its runs (its end of the pipe closes), it marks them FAILED.
+
+It runs as `python -m lesson5.tracking.writer` (`main`), started by `lesson5.tracking.Tracker`: its settings and
+then the trainer's messages come on standard input, its replies go out on standard output, and what it prints
+goes to standard error, which the trainer shows and keeps the last lines of for its errors.
 
 It imports torch only to log an MLflow model (`LogModel`), and then while it waits for the trainer, never at
 start-up (tests/test_tracking.py checks): torch costs a process seconds and memory.
@@ -11,6 +15,7 @@ start-up (tests/test_tracking.py checks): torch costs a process seconds and memo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -18,12 +23,23 @@ import queue
 import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lesson5.process import fast_exit, pause_gc, resume_gc
-from lesson5.tracking.messages import (Close, Closed, EndRun, Failed, LogFiles, LogMetrics, LogModel, StartRun,
-                                       Started)
+from lesson5.tracking.messages import (
+    Close,
+    Closed,
+    EndRun,
+    Failed,
+    LogFiles,
+    LogMetrics,
+    LogModel,
+    Pipe,
+    Started,
+    StartRun,
+)
 from lesson5.tracking.spool import ROOT, Known, Spool
 from lesson5.tracking.store import experiment_id, fail_fast_http, fail_run, log_files, open_client
 
@@ -181,8 +197,9 @@ HANDLERS = {StartRun: Writer.start, LogMetrics: Writer.metrics, LogFiles: Writer
 
 
 def serve(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = False, models: bool = False) -> None:
-    """Handle the trainer's messages until Close, or until the trainer dies (then its open runs are FAILED).
-    `models`: runs will log MLflow models, so torch is imported while waiting, rather than when the run ends.
+    """Handle the trainer's messages until Close, or until the trainer hangs up or dies (then its open runs are
+    FAILED). `inbox`: a queue.Queue of messages, None when the trainer's end closed; `outbox`: where replies are
+    `put`. `models`: runs will log MLflow models, so torch is imported while waiting, not when the run ends.
 
     If the store stops answering mid-run, everything not yet in it (the open runs' messages since their start,
     and all that follows) goes to a spool instead, and training goes on; `offline` spools from the start.
@@ -204,11 +221,13 @@ def serve(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = Fals
         try:
             msg = inbox.get(timeout=1.0)
         except queue.Empty:
-            if os.getppid() != parent:  # the trainer died without closing its runs
-                if w is not None and spool is None:
-                    w.fail_open_runs("the training process exited without closing this run")
-                return
-            continue
+            if os.getppid() == parent:
+                continue
+            msg = None  # reparented: the trainer died (its pipe's end closing normally says so first)
+        if msg is None:  # the trainer is gone without Close
+            if w is not None and spool is None:
+                w.fail_open_runs("the training process exited without closing this run")
+            return
         if isinstance(msg, Close):
             outbox.put(Closed(str(spool.dir) if spool is not None else None))
             return
@@ -226,19 +245,25 @@ def serve(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = Fals
         except Exception as e:  # noqa: BLE001 - spooled if the store is gone, else reported to the trainer
             if w.store_down():
                 spool = _spool_open_runs(w, history, spool_root, uri)
-                print(f"lesson5 tracking: the store {uri} stopped answering ({type(e).__name__}); the runs go on "
-                      f"to {spool.dir}: send them with `python -m lesson5.sync`", file=sys.stderr)
+                _say(f"lesson5 tracking: the store {uri} stopped answering ({type(e).__name__}); the runs go on "
+                     f"to {spool.dir}: send them with `python -m lesson5.sync`")
                 if isinstance(msg, StartRun) and msg.rid not in w.runs:
                     outbox.put(Started(msg.rid, f"offline-{msg.rid}", "offline"))
                 continue
             broken.add(msg.rid)
             outbox.put(Failed(msg.rid, f"{type(e).__name__}: {e}"))
-            print(f"lesson5 tracking: {type(msg).__name__} failed: {e}", file=sys.stderr)
+            _say(f"lesson5 tracking: {type(msg).__name__} failed: {e}")
         else:
             if isinstance(reply, Started):
                 outbox.put(reply)
             if isinstance(msg, EndRun):
                 del history[msg.rid]
+
+
+def _say(line: str) -> None:
+    """A line on standard error, which the trainer shows; lost without harm if the trainer is gone."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _spool_open_runs(w: Writer, history: dict[int, list], root: Path, uri: str) -> Spool:
@@ -252,13 +277,56 @@ def _spool_open_runs(w: Writer, history: dict[int, list], root: Path, uri: str) 
     return spool
 
 
-def main(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = False, models: bool = False) -> None:
-    """The writer process: serve, then leave without tearing down MLflow's modules (~1.4 s the trainer would
-    wait for)."""
+class _Replies:
+    """The writer's end of the reply pipe: a reply to a trainer that is gone is dropped (its hang-up follows)."""
+
+    def __init__(self, file):
+        self.pipe = Pipe(file)
+
+    def put(self, msg) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.pipe.put(msg)
+
+
+def _receive(pipe: Pipe, inbox: queue.Queue) -> None:
+    """Move the trainer's messages into `inbox`, then None once its end of the pipe closes."""
+    while True:
+        try:
+            inbox.put(pipe.get())
+        except Exception:  # noqa: BLE001 - EOF, a broken pipe or a message cut short: the trainer is gone
+            inbox.put(None)
+            return
+
+
+def _channel() -> tuple[io.BufferedReader, io.BufferedWriter]:
+    """The trainer's pipes, moved off fds 0 and 1: fd 0 becomes /dev/null and fd 1 standard error, so that what
+    MLflow prints, or a process it starts, can neither read the messages nor corrupt the replies."""
+    inp, out = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    return inp, out
+
+
+def main() -> None:
+    """The writer process: read the settings, serve, then leave without tearing down MLflow's modules (~1.4 s
+    the trainer would wait for)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it then closes the runs
-    fail_fast_http()
     pause_gc()  # until _plots: MLflow's and matplotlib's imports make ~200k objects
-    serve(uri, inbox, outbox, spool_root, offline, models)
-    outbox.close()
-    outbox.join_thread()
+    fail_fast_http()
+    inp, out = _channel()
+    try:
+        settings = Pipe(inp).get()
+    except EOFError:  # the trainer went before it said anything
+        fast_exit(0)
+    inbox: queue.Queue = queue.Queue()
+    threading.Thread(target=_receive, args=(Pipe(inp), inbox), name="lesson5-writer-inbox", daemon=True).start()
+    serve(settings.uri, inbox, _Replies(out), Path(settings.spool_root), settings.offline, settings.models)
+    with contextlib.suppress(OSError):
+        out.close()
     fast_exit(0)
+
+
+if __name__ == "__main__":
+    main()
