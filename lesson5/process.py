@@ -1,10 +1,10 @@
 """Process start-up, helper processes and exit, shared by the CLI, the tracking writer and the sweep (services layer).
 
 Start-up (torch, hydra, pandas in the CLI; MLflow and matplotlib in the writer) makes hundreds of thousands of
-objects, and the cyclic garbage collector rescans them all on each full pass: ~0.5 s of each process's CPU per
-run. `pause_gc` keeps it off through start-up; `resume_gc` freezes what start-up made out of its scans and turns
-it back on. At exit, the interpreter's teardown of those module graphs (torch's took ~0.85 s of a ~6 s command,
-MLflow's ~1.4 s in the writer) is skipped by `fast_exit`, once everything is written.
+objects, and the cyclic garbage collector rescans them all on each full pass, at a cost in CPU each time.
+`pause_gc` keeps it off through start-up; `resume_gc` freezes what start-up made out of its scans and turns it
+back on. At exit, the interpreter's teardown of those module graphs (torch's in the CLI, MLflow's in the writer)
+is skipped by `fast_exit`, once everything is written.
 
 Helper processes (the tracking writer, sweep workers) are `python -m <module>` (`start_module`), not
 multiprocessing's spawn: spawn re-imports the caller's `__main__`, which fails or hangs for a script without an
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 # atexit._run_exitfuncs is CPython's own, not public API. It runs the exit handlers (logging's flushes, and those
-# of any multiprocessing user) before os._exit skips the teardown, ~0.85 s of a ~6 s lesson run. Gated to the
+# of any multiprocessing user) before os._exit skips the teardown, a large part of a lesson run. Gated to the
 # Pythons it was tested on (add one after the slow CLI tests pass on it: tests/test_run.py checks the output, the
 # exit code and that nothing leaks); others exit normally.
 _FAST_EXIT_PYTHONS = {(3, 11)}

@@ -176,7 +176,7 @@ _warm = False
 def _pytorch():
     """torch and mlflow.pytorch, ready: imported while the writer waits (`serve(models=True)`), or when a model
     comes. Saving a one-weight model first fills MLflow's caches (its requirements check reads every installed
-    package's metadata: ~1.6 s here) while nothing waits for it."""
+    package's metadata) while nothing waits for it."""
     global _warm
     import logging
 
@@ -310,8 +310,8 @@ def _channel() -> tuple[io.BufferedReader, io.BufferedWriter]:
 
 
 def main() -> None:
-    """The writer process: read the settings, serve, then leave without tearing down MLflow's modules (~1.4 s
-    the trainer would wait for)."""
+    """The writer process: read the settings, serve, then leave without tearing down MLflow's modules, which the
+    trainer would wait for."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it then closes the runs
     pause_gc()  # until _plots: MLflow's and matplotlib's imports make ~200k objects
     fail_fast_http()
