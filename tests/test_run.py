@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from lesson5 import compose
 from lesson5.errors import DivergedError, TrackingError
 from lesson5.run import run
-from lesson5 import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_METRICS = {"train_loss", "valid_loss", "valid_rmse", "valid_mae", "train_seconds"}
@@ -93,7 +93,8 @@ def test_diverging_run_is_marked_failed_with_the_reason(tiny, tmp_path):
     assert not math.isfinite(history[-1].value) or history[-1].value > 100 * history[0].value
 
 
-@pytest.mark.parametrize("uri, hint", [("http://127.0.0.1:9", "cannot reach"), ("sqlite:////nonexistent/dir/x.db", "not writable")])
+@pytest.mark.parametrize("uri, hint", [("http://127.0.0.1:9", "cannot reach"),
+                                       ("sqlite:////nonexistent/dir/x.db", "not writable")])
 def test_unreachable_store_fails_before_training(tiny, uri, hint):
     with pytest.raises(TrackingError, match=hint):
         run(compose([*tiny, f"tracking.uri={uri}"]))

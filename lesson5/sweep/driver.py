@@ -25,7 +25,7 @@ from lesson5.process import start_module
 from lesson5.sweep import spec as specs
 from lesson5.sweep import storage as stores
 from lesson5.sweep.spec import Study
-from lesson5.tracking.store import check_reachable, experiment_id, fail_run, open_client, resolve_uri
+from lesson5.tracking.store import check_reachable, experiment_id, fail_run, log_summary, open_client, resolve_uri
 
 PARENT_ATTR = "mlflow_parent_run_id"
 
@@ -112,13 +112,11 @@ class Sweep:
             run = client.create_run(exp_id, run_name=f"study {self.study_name}", tags={
                 "optuna.study": self.study_name, "sweep.file": s.name, "sweep.claim": s.claim[:5000],
                 "mlflow.note.content": f"Optuna study {self.study_name} ({s.path.name}): {s.claim}"})
-            from mlflow.entities import Param
-
             params = {"sampler": s.sampler, "pruner": s.pruner["name"], "n_trials": s.n_trials, "objective":
                       f"{s.direction} {s.metric}", "seeds": s.seeds, "base": " ".join(s.base) or "(none)",
                       "storage": self.storage, **{f"space.{p.key}": p.choices or f"[{p.low}, {p.high}]"
                                                   for p in s.space}}
-            client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+            log_summary(client, run.info.run_id, params=params)
             self.opt.set_user_attr(PARENT_ATTR, run.info.run_id)
             return run.info.run_id
 

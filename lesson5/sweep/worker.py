@@ -1,7 +1,7 @@
 """A sweep worker: one process that runs trial after trial until the study has its n_trials.
 
 It keeps its imports, its data (read once, `lesson5.data.build` caches it per process) and one MLflow writer, so
-a trial costs little beyond its training. Each trial composes its config with `lesson5.compose` and calls the
+a trial costs little beyond its training. Each trial composes its config with `lifecycle.quiet_config` and calls the
 same `run(cfg)` as the command line, as a child of the study's parent run.
 """
 
@@ -19,6 +19,8 @@ from typing import Optional  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from lesson5.callback import Callback  # noqa: E402
+from lesson5.outcome import outcome  # noqa: E402
 from lesson5.sweep import storage as stores  # noqa: E402
 from lesson5.sweep.spec import Param, Study  # noqa: E402
 from lesson5.tracking import Tracker  # noqa: E402
@@ -27,24 +29,21 @@ from lesson5.tracking import Tracker  # noqa: E402
 OPTUNA_STATE = {"finished": "COMPLETE", "pruned": "PRUNED"}
 
 
-def pruning(trial: optuna.Trial, metric: str):
-    """A callback that reports the objective after every epoch and raises optuna.TrialPruned when the pruner
-    says so; `epochs` counts the epochs trained (what pruning saves). Made here: lesson5.learner imports torch,
-    which the worker imports only after its MLflow writer has started."""
-    from lesson5.learner import Callback
+class Pruning(Callback):
+    """Reports the objective after every epoch and raises optuna.TrialPruned when the pruner says so; `epochs`
+    counts the epochs trained (what pruning saves)."""
 
-    class Pruning(Callback):
-        order = 40
-        epochs = 0
+    order = 40
 
-        def after_epoch(self, learn) -> None:
-            value = learn.metrics[metric]
-            self.epochs = learn.epoch + 1
-            trial.report(value, learn.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {self.epochs} of {learn.epochs}: {metric} {value:.4f}")
+    def __init__(self, trial: optuna.Trial, metric: str):
+        self.trial, self.metric, self.epochs = trial, metric, 0
 
-    return Pruning()
+    def after_epoch(self, learn) -> None:
+        value = learn.metrics[self.metric]
+        self.epochs = learn.epoch + 1
+        self.trial.report(value, learn.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {self.epochs} of {learn.epochs}: {self.metric} {value:.4f}")
 
 
 def suggest(trial: optuna.Trial, p: Param):
@@ -58,23 +57,21 @@ def suggest(trial: optuna.Trial, p: Param):
 def objective(study: Study, tracker: Tracker, parent_run_id: str, claim: contextlib.ExitStack):
     """The Optuna objective: one lesson5 run per trial, its metric the value. It releases the claim lock first:
     by then Optuna has popped the trial this worker claimed."""
-    from lesson5 import compose
-    from lesson5.outcome import outcome
+    from lesson5.lifecycle import quiet_config
     from lesson5.run import run
 
     def trial_fn(trial: optuna.Trial) -> float:
         claim.close()
         trial.set_user_attr("host", stores.HOST)
         trial.set_user_attr("pid", os.getpid())
-        prune = pruning(trial, study.metric)
+        prune = Pruning(trial, study.metric)
         params = {p.key: suggest(trial, p) for p in study.space}
         seed = trial.suggest_categorical("trainer.seed", study.seeds)
         swept = [p.override(params[p.key]) for p in study.space] + [f"trainer.seed={seed}"]
         overrides = [*study.base, *swept]
         tags = {"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number), "sweep.file": study.name}
         try:
-            result = run(compose([*overrides, "trainer.progress=false", "tracking.log_model=false",
-                                  f"tracking.run_name='{study.name} trial {trial.number}'"]),
+            result = run(quiet_config(overrides, track=True, run_name=f"{study.name} trial {trial.number}"),
                          overrides=swept, tracker=tracker, parent_run_id=parent_run_id, tags=tags,
                          callbacks=[prune],
                          end_tags=lambda end: {"optuna.state": OPTUNA_STATE.get(end.outcome, "FAIL")})
@@ -154,7 +151,7 @@ def main(study: Study, storage: str, study_name: str, parent_run_id: str, tracki
 def score_final(study: Study, storage: str, study_name: str, parent_run_id: str, tracking_uri: str) -> None:
     """A process that scores the study's best recipe and the base recipe once each with the study file's `final`
     overrides (the test folds), as children of the parent; per-fold scores go to the study's user attributes."""
-    from lesson5 import compose
+    from lesson5.lifecycle import quiet_config
     from lesson5.run import run
 
     opt = optuna.load_study(study_name=study_name, storage=stores.open_storage(storage))
@@ -163,8 +160,9 @@ def score_final(study: Study, storage: str, study_name: str, parent_run_id: str,
     tracker = Tracker(tracking_uri)
     try:
         for label, overrides in (("best", swept), ("base", [])):
-            result = run(compose([*study.base, *overrides, *study.final, "trainer.progress=false",
-                                  f"tracking.run_name='{study.name} final {label}'"]),
+            # the finals keep their MLflow model: they are the study's answer
+            result = run(quiet_config([*study.base, *overrides, *study.final, "tracking.log_model=true"], track=True,
+                                      run_name=f"{study.name} final {label}"),
                          overrides=[*overrides, *study.final], tracker=tracker, parent_run_id=parent_run_id,
                          tags={"optuna.study": study_name, "sweep.final": label})
             folds = {name: m[study.metric] for name, m in result.folds.items()}
