@@ -18,8 +18,10 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from lesson5 import cli  # noqa: E402
+from lesson5.callback import Callback  # noqa: E402
 from lesson5.config import CONF_PACKAGE, Config, validate  # noqa: E402
 from lesson5.errors import Lesson5Error  # noqa: E402
+from lesson5.tracking import open_tracker, ui_command, ui_link  # noqa: E402
 
 # Hydra's own flags, which it parses itself (anything else starting with - is refused with our usage).
 HYDRA_FLAGS = {"--hydra-help", "--version", "--cfg", "-c", "--resolve", "--package", "-p", "--run", "-r",
@@ -56,24 +58,17 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt  # a terminated run is closed as KILLED, like Ctrl-C
 
 
-def _resume_gc_at_fit():
-    """A callback that ends start-up as the first fit starts (made here, after the tracker started, because
-    lesson5.learner imports torch)."""
-    from lesson5.learner import Callback
+class ResumeGc(Callback):
+    """Ends start-up as the first fit starts."""
 
-    class ResumeGc(Callback):
-        def before_fit(self, learn) -> None:
-            resume_gc()
-
-    return ResumeGc()
+    def before_fit(self, learn) -> None:
+        resume_gc()
 
 
 def report(result, spooled=None) -> None:
     """The final table of metrics and where to find the run (or its spool, when the store was away)."""
-    from rich.console import Console
+    from rich.console import Console  # only here: the run's end
     from rich.table import Table
-
-    from lesson5.tracking import ui_command, ui_link
 
     console = Console()
     table = Table(title="lesson5 results")
@@ -102,21 +97,18 @@ _composed = False  # set once Hydra has composed a config: an exit before that i
 @hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     global _composed
-    from lesson5.tracking import Tracker
-
     _composed = True
 
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         conf = validate(cfg)
         # Start the MLflow writer before importing torch: its own imports and store setup overlap ours.
-        tracker = Tracker(conf.tracking.uri, offline=conf.tracking.mode.value == "offline",
-                          models=conf.tracking.log_model) if conf.tracking.enabled else None
+        tracker = open_tracker(conf.tracking)
         try:
-            from lesson5.run import run
+            from lesson5.run import run  # torch, after the writer has started
 
             result = run(cfg, overrides=list(HydraConfig.get().overrides.task), tracker=tracker,
-                         callbacks=[_resume_gc_at_fit()])
+                         callbacks=[ResumeGc()])
         finally:
             if tracker is not None:
                 tracker.close()

@@ -163,13 +163,16 @@ def _find(table: dict, key: str, name: str):
     return table[name]
 
 
-def load_plugins() -> None:
-    """Import the modules named in $LESSON5_PLUGINS (comma-separated), each declaring its components."""
+def load_plugins() -> Optional[ConfigError]:
+    """Import the modules named in $LESSON5_PLUGINS (comma-separated), each declaring its components. One that
+    cannot be imported is returned, not raised: `config.compose` and `validate` raise it, so that every entry
+    point refuses it with its own exit code rather than a traceback at import."""
     value = os.environ.get(PLUGINS_ENV, "")
     for module in filter(None, (m.strip() for m in value.split(","))):
         try:
             importlib.import_module(module)
         except ImportError as e:
-            raise ConfigError(f"{PLUGINS_ENV}={value}: cannot import {module} ({e}). Put its folder on PYTHONPATH "
-                              f"(or install it), or remove it from {PLUGINS_ENV}.") from None
+            return ConfigError(f"{PLUGINS_ENV}={value}: cannot import {module} ({e}). Put its folder on PYTHONPATH "
+                               f"(or install it), or remove it from {PLUGINS_ENV}.")
+    return None
 

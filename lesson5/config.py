@@ -17,6 +17,7 @@ imported last, when this module is, and declare theirs the same way.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -388,6 +389,8 @@ register()  # once, on import: every way of composing (CLI, compose, sweeps) see
 def compose(overrides: Sequence[str] = (), config_dirs: Sequence[str | Path] = ()) -> DictConfig:
     """The config `python -m lesson5 <overrides>` would run, for scripts, tests, benchmarks and sweep workers;
     `config_dirs` are folders of the user's own configs (`experiment/NAME.yaml`...), searched after the shipped ones."""
+    if PLUGIN_ERROR is not None:
+        raise PLUGIN_ERROR
     overrides = [*overrides, searchpath(config_dirs)] if config_dirs else list(overrides)
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app (the CLI): compose with its loader
         return hydra_compose(config_name="config", overrides=overrides)
@@ -480,6 +483,8 @@ def ignored(conf: Config, overrides: Sequence[str]) -> list[str]:
 
 def validate(cfg: DictConfig) -> Config:
     """Turn a composed config into typed dataclasses, or raise ConfigError naming every bad key."""
+    if PLUGIN_ERROR is not None:
+        raise PLUGIN_ERROR
     obj = OmegaConf.to_object(cfg)
     problems = _problems(obj, "") + _mismatch(obj) + _stage_problems(obj)
     if problems:
@@ -509,4 +514,6 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-components.load_plugins()  # last: a plugin's module imports this one for ModelConf and rule
+PLUGIN_ERROR = components.load_plugins()  # last: a plugin's module imports this one for ModelConf and rule
+if PLUGIN_ERROR is not None:  # said now, since Hydra may refuse `model=<plugin's model>` before validate runs
+    print(f"error: {PLUGIN_ERROR}", file=sys.stderr)

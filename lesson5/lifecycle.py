@@ -4,7 +4,6 @@ The command line, sweep trials, the claims report, transfer, the lr finder and t
 
 - `quiet_config(overrides)`: a config for code that runs many, without a progress bar or an MLflow model, and
   untracked unless asked;
-- `open_tracker(conf)`: the MLflow writer the config asks for (online, or spooling with `tracking.mode=offline`);
 - `TrackedRun`: one MLflow run as a context manager. Entering starts it (params, tags, `config.yaml`, the data set
   input) under its parent, if any; leaving ends it with the status and `outcome` tag of however the block ended
   (`lesson5.outcome`). In between it takes metrics, artifacts and the MLflow model. Without a tracker
@@ -29,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 import lesson5
 from lesson5 import metrics, naming
 from lesson5.callback import Callback
-from lesson5.config import Config, TrackingMode, compose
+from lesson5.config import Config, compose
 from lesson5.data import Data, Fold
 from lesson5.errors import ConfigError
 from lesson5.learner import Learner
@@ -52,14 +51,6 @@ def quiet_config(overrides: Sequence[str] = (), *, track: bool = False, experime
     if run_name is not None:
         cfg.tracking.run_name = run_name
     return cfg
-
-
-def open_tracker(conf: Config) -> Optional[Tracker]:
-    """The MLflow writer `conf.tracking` asks for, started now (None for tracking=none)."""
-    if not conf.tracking.enabled:
-        return None
-    return Tracker(conf.tracking.uri, offline=conf.tracking.mode is TrackingMode.offline,
-                   models=conf.tracking.log_model)
 
 
 def run_weights(conf: Config, run_id: str, dest: str) -> str:

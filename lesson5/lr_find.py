@@ -22,8 +22,9 @@ from lesson5.callback import Callback, CancelFit
 from lesson5.config import compose, flatten, validate
 from lesson5.errors import ConfigError
 from lesson5.learner import Learner
-from lesson5.lifecycle import TrackedRun, open_tracker
+from lesson5.lifecycle import TrackedRun
 from lesson5.run import build_model, pick_device
+from lesson5.tracking import open_tracker
 
 SMOOTH = 0.98  # fastai's exponential smoothing of the loss
 STOP_FACTOR = 4.0
@@ -89,7 +90,7 @@ def find(overrides: list[str], start_lr: float = 1e-7, end_lr: float = 10.0):
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"start_lr={start_lr}, end_lr={end_lr}: expected 0 < start_lr < end_lr")
     device = pick_device(conf.trainer.device, conf.model.name)
-    tracker = open_tracker(conf)
+    tracker = open_tracker(conf.tracking)
     try:
         torch.set_num_threads(conf.trainer.threads or torch.get_num_threads())
         data = datasets.build(conf.data)

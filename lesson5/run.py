@@ -27,9 +27,9 @@ from lesson5.callback import Callback
 from lesson5.config import Config, flatten, ignored, validate
 from lesson5.errors import ConfigError
 from lesson5.learner import Learner
-from lesson5.lifecycle import TrackedRun, config_yaml, dataset_input, open_tracker, run_weights, standard_tags
+from lesson5.lifecycle import TrackedRun, config_yaml, dataset_input, run_weights, standard_tags
 from lesson5.outcome import Outcome
-from lesson5.tracking import Tracker
+from lesson5.tracking import Tracker, open_tracker
 
 
 @dataclass
@@ -113,7 +113,7 @@ def run(cfg: DictConfig, *, overrides: Sequence[str] = (), callbacks: Sequence[C
     for warning in ignored(conf, overrides):
         print(f"warning: {warning}", file=sys.stderr)
     device = pick_device(conf.trainer.device, conf.model.name)  # refused before the tracker or the data
-    own = open_tracker(conf) if tracker is None else None  # its writer imports MLflow while the data loads
+    own = open_tracker(conf.tracking) if tracker is None else None  # its writer imports MLflow while the data loads
     try:
         return _run(cfg, conf, device, overrides, callbacks, (tracker or own) if conf.tracking.enabled else None,
                     parent_run_id, tags or {}, end_tags)

@@ -38,9 +38,12 @@ def test_a_model_in_one_file_trains_through_the_command_line(movielens_dir, tmp_
 
 @pytest.mark.slow
 def test_a_plugin_that_cannot_be_imported_is_named(tmp_path):
-    done = _cli(["-c", "import lesson5.config"], tmp_path, plugins="toy_model, no_such_plugin")
+    done = _cli(["-c", "import lesson5; lesson5.compose()"], tmp_path, plugins="toy_model, no_such_plugin")
     assert done.returncode != 0
     assert "LESSON5_PLUGINS=toy_model, no_such_plugin: cannot import no_such_plugin" in done.stderr
+    done = _cli(["-m", "lesson5", "model=toy"], tmp_path, plugins="toy_model, no_such_plugin")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "cannot import no_such_plugin" in done.stderr
 
 
 def test_checking_configs_imports_no_torch(tmp_path):

@@ -262,3 +262,11 @@ class Tracker:
                     fail_run(client, info.run_id, reason)
         except Exception as e:  # noqa: BLE001 - the store itself may be the problem; the caller raises anyway
             print(f"lesson5 tracking: could not mark the runs FAILED: {e}", file=sys.stderr)
+
+
+def open_tracker(tracking) -> Optional[Tracker]:
+    """The MLflow writer a config's `tracking` section asks for, started now: spooling for
+    `tracking.mode=offline`, ready to log MLflow models with `tracking.log_model`; None for `tracking=none`."""
+    if not tracking.enabled:
+        return None
+    return Tracker(tracking.uri, offline=tracking.mode.value == "offline", models=tracking.log_model)
