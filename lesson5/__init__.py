@@ -1,4 +1,4 @@
-"""fast.ai Lesson 5 as tracked, sweepable, reproducible experiments."""
+"""Core: fast.ai Lesson 5 as tracked, sweepable, reproducible experiments."""
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""The errors a user can cause and fix; each message names the key or file and says how to fix it."""
+"""Core: the errors a user can cause and fix; each message names the key or file and says how to fix it."""
 
 
 class Lesson5Error(Exception):

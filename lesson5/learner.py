@@ -1,4 +1,4 @@
-"""The one training loop. It knows a model's `layer_groups()` through the optimizer, a loss function and two
+"""Core: the one training loop. It knows a model's `layer_groups()` through the optimizer, a loss function and two
 batch sources; nothing of collab, MNIST or resnet.
 
 `fit` can be called again (a second stage, say, unfrozen with other learning rates): each fit has its own

@@ -1,4 +1,4 @@
-"""`load_run(run_id)`: a finished lesson5 run back from MLflow alone: its config, its data and its trained model.
+"""Services: `load_run(run_id)`, a finished lesson5 run back from MLflow alone: its config, data and trained model.
 
 Shared by `lesson5.interpret`, `lesson5.recommend` and the claims report. The run's `config.yaml` and `weights.pt`
 come from its artifacts; the data from lesson5's cache (fetched again if it is gone, and checked).

@@ -1,4 +1,4 @@
-"""Losses by the name a model declares, from torch or written from their definitions (`loss.impl`)."""
+"""Core: losses by the name a model declares, from torch or written from their definitions (`loss.impl`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validation metrics by the loss a model declares (`model.loss`)."""
+"""Core: validation metrics by the loss a model declares (`model.loss`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How runs read in the MLflow UI: the experiment they land in, their names, their description and seed groups.
+"""Core: how runs read in the MLflow UI: the experiment they land in, their names, their description and seed groups.
 
 Pure functions of the validated config and the command's overrides; no torch, no MLflow.
 """

@@ -1,4 +1,4 @@
-"""How a run ends: the one table from what stopped a fit to the MLflow run status and the `outcome` tag.
+"""Core: how a run ends: the one table from what stopped a fit to the MLflow run status and the `outcome` tag.
 
 A fit stops by an exception, as fastai's do (`CancelFitException`); `run(cfg)` looks the exception up here.
 A pruned trial is KILLED, not FINISHED: its metrics stop partway, and a FINISHED run is one that trained to the

@@ -1,4 +1,4 @@
-"""The figures logged with each run, drawn from its metric series (imported by the tracking writer only)."""
+"""Core: the figures logged with each run, drawn from its metric series (imported by the tracking writer only)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Process start-up, helper processes and exit, shared by the CLI, the tracking writer and the sweep (services layer).
+"""Core: process start-up, helper processes and exit, shared by the CLI, the tracking writer and the sweep.
 
 Start-up (torch, hydra, pandas in the CLI; MLflow and matplotlib in the writer) makes hundreds of thousands of
 objects, and the cyclic garbage collector rescans them all on each full pass, at a cost in CPU each time.

@@ -1,4 +1,4 @@
-"""Fitting in stages, the lesson's fine-tuning: a frozen body first, then the whole net with discriminative lrs.
+"""Core: fitting in stages, the lesson's fine-tuning: a frozen body first, then the whole net with discriminative lrs.
 
 A stage (`trainer.stages`, `config.StageConf`) is one `Learner.fit` with its own epochs, per-group lrs
 (`lesson5.slices`), schedule and freezing. The Learner's step keeps counting across stages, so MLflow shows one

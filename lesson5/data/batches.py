@@ -1,4 +1,4 @@
-"""Where a fit's batches come from. The Learner sees only `len(source)` and `source.epoch(gen)`.
+"""Core: where a fit's batches come from. The Learner sees only `len(source)` and `source.epoch(gen)`.
 
 Two sources share that interface:
 - `TensorBatches`: whole in-memory tensors (MovieLens, MNIST), moved to the device once. A batch is a slice of

@@ -1,4 +1,4 @@
-"""Fetching files into a checksummed cache, apart from parsing them.
+"""Core: fetching files into a checksummed cache, apart from parsing them.
 
 A data set is a named folder of files in the cache. It is filled by the first source that works, every file is
 hashed into a manifest, files with a published hash are checked against it, and the folder appears atomically.

@@ -1,4 +1,4 @@
-"""A data set as the core sees it: one Fold per train/valid split, plus what models need to size themselves."""
+"""Core: A data set as the core sees it: one Fold per train/valid split, plus what models need to size themselves."""
 
 from __future__ import annotations
 

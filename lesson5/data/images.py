@@ -1,4 +1,4 @@
-"""Images for fine-tuning (`data=images`): a folder of photos, or, offline, upscaled 3-channel digits or clothes.
+"""Core: images for fine-tuning (`data=images`): a folder of photos, or, offline, upscaled 3-channel digits or clothes.
 
 - `data.path` set: an ImageFolder tree (one subfolder per class), or a flat folder whose labels come from each
   file name by `data.label_regex` (its first group), the Oxford-IIIT Pets convention: `^(.+)_\\d+\\.jpg$`.

@@ -1,4 +1,4 @@
-"""MNIST and Fashion-MNIST as flat 784-pixel tensors scaled to [0, 1].
+"""Core: MNIST and Fashion-MNIST as flat 784-pixel tensors scaled to [0, 1].
 
 Sources, tried in order:
   mnist          data.path (a folder of IDX files, gzipped or not, or mnist.pkl.gz) -> the canonical IDX

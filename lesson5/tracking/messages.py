@@ -1,4 +1,4 @@
-"""What the trainer and the tracking writer say to each other (services layer): plain dataclasses of plain
+"""Services: what the trainer and the tracking writer say to each other (services layer): plain dataclasses of plain
 Python values, sent as length-prefixed pickles over the writer's standard input and output (`Pipe`).
 
 Values are str, float, int and bytes only: unpickling a torch or numpy value would import torch in the writer.

@@ -1,4 +1,4 @@
-"""The offline spool: what the tracking writer could not send, kept on local disk until `python -m lesson5.sync`.
+"""Services: the offline spool, what the tracking writer could not send, kept on disk until `python -m lesson5.sync`.
 
 A spool is a folder under `.lesson5/offline/` (in the folder the command runs from) holding `target` (the store's
 URI) and `messages.pkl`: the writer's messages in order, pickled one after another and flushed each time, so a

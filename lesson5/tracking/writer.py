@@ -1,4 +1,4 @@
-"""The tracking writer (services layer): a process that owns the MlflowClient and turns messages into MLflow calls.
+"""Services: the tracking writer, a process that owns the MlflowClient and turns messages into MLflow calls.
 
 A synchronous MLflow call costs milliseconds, so the trainer only queues messages (`messages.py`) and never
 imports MLflow; the writer, on its own core, logs them through MLflow's public client API (metrics with
