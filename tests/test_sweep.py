@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from mlflow import MlflowClient
 from lesson5 import metrics
 from lesson5.errors import ConfigError
 from lesson5.sweep import spec
-from lesson5.sweep.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, judge
+from lesson5.sweep.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, judge, look_level
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = {"claim": "n_factors=4 works best", "rule": {"kind": "best", "param": "model.n_factors", "value": 4},
@@ -30,12 +31,56 @@ def write_study(folder: Path, name="tiny", **changes) -> Path:
     return path
 
 
-def test_every_study_in_sweeps_loads():
+def test_every_study_in_sweeps_loads_with_a_control_and_its_seed_budget():
     names = sorted(p.stem for p in spec.SWEEPS.glob("*.yaml"))
     assert {"n_factors", "wd", "y_range", "momentum", "schedule"} <= set(names)
     for name in names:
         study = spec.load(name)
         assert study.n_trials >= 1 and study.claim and study.rule
+        assert study.control is not None and study.control != study.rule, name  # every shipped study has a control
+        assert len(study.seeds) <= study.max_seeds <= spec.MAX_SEEDS, name
+
+
+@pytest.mark.parametrize("changes, where", [
+    ({"control": "n_factors 2 is poor"}, "control: expected a mapping"),
+    ({"control": {"kind": "best", "param": "model.n_factors", "value": 3}}, "control.value"),
+    ({"control": {"kind": "best", "param": "optim.lr", "value": 2}}, "control.param"),
+    ({"control": {"kind": "best", "param": "model.n_factors", "valeu": 2}}, "control: unknown field(s) ['valeu']"),
+    ({"control": {"kind": "final", "overrides": ["trainer.epochs=1"]}}, "control.kind: final needs"),
+    ({"control": STUDY["rule"]}, "control: the same claim as rule"),
+    ({"rule": {"kind": "best", "param": "model.n_factors", "value": 4, "tol": 0.1}}, "rule: unknown field(s)"),
+    ({"rule": ["best", "model.n_factors", 4]}, "rule: expected a mapping"),
+    ({"rule": {"kind": "better", "param": "model.n_factors", "value": 4, "than": 4}}, "rule.than"),
+    ({"max_seeds": 21, "looks": 2}, "max_seeds: 21"),
+    ({"max_seeds": 1}, "max_seeds: 1"),
+    ({"max_seeds": "20", "looks": 2}, "max_seeds: '20'"),
+    ({"max_seeds": 4, "looks": 4}, "looks: 4"),
+    ({"max_seeds": 4}, "looks: 1 with max_seeds: 4"),
+    ({"looks": 2}, "looks: 2"),
+    ({"seeds": [0, "one"]}, "seeds: [0, 'one']"),
+    ({"space": {"optim.wd": {"low": 0.01, "high": 1.0}}, "sampler": "tpe", "seeds": [0],
+      "rule": {"kind": "best", "param": "optim.wd", "value": 2.0}}, "rule.value: 2.0 is outside"),
+    ({"space": {"optim.wd": {"low": 0.01, "high": 1.0}}, "sampler": "tpe", "seeds": [0], "looks": 2,
+      "rule": {"kind": "best", "param": "optim.wd", "value": 0.1}}, "a tpe study samples one point"),
+], ids=["control not a mapping", "control value", "control param", "control field", "final control without final",
+        "control is the rule", "rule field", "rule not a mapping", "better than itself", "max_seeds over 20",
+        "max_seeds under the seeds", "max_seeds a string", "too many looks", "max_seeds without looks",
+        "looks without max_seeds", "seeds not whole", "value outside a range", "looks in a tpe study"])
+def test_a_bad_rule_control_or_seed_budget_is_refused_before_any_trial(tmp_path, changes, where):
+    path = write_study(tmp_path, **changes)
+    with pytest.raises(ConfigError) as err:
+        spec.load(str(path))
+    assert str(path) in str(err.value) and where in str(err.value)
+
+
+def test_the_seeds_of_each_look_reach_max_seeds_evenly():
+    study = spec.load(str(write_study(Path(tempfile.mkdtemp()), seeds=[0, 1, 2], max_seeds=20, looks=3)))
+    assert [study.seeds_at(k) for k in (1, 2, 3)] == [[0, 1, 2], list(range(11)), list(range(20))]
+    assert study.points() == [{"model.n_factors": v, "trainer.seed": s, "look": 1} for v in (2, 4) for s in (0, 1, 2)]
+    study.added = [{"model.n_factors": 4, "trainer.seed": 3, "look": 2}]
+    assert study.points()[-1] == study.added[0] and study.total() == 7
+    odd = spec.load(str(write_study(Path(tempfile.mkdtemp()), seeds=[5, 9], max_seeds=4, looks=2)))
+    assert odd.seeds_at(2) == [5, 9, 10, 11]  # new seeds follow the largest listed, never repeat one
 
 
 @pytest.mark.parametrize("changes, where", [
@@ -138,24 +183,58 @@ def data_args(movielens_dir):
 
 
 @pytest.mark.slow
-def test_a_study_with_two_workers_on_a_journal(tmp_path, data_args):
-    done = sweep(tmp_path, write_study(tmp_path), "workers=2", *data_args)
+def test_a_study_with_two_workers_and_two_looks_on_a_journal(tmp_path, data_args):
+    """Look 1 at seeds 0-1; the verdict undecided (two seeds at look 1's 99.4% level decide nothing), look 2 adds seed
+    2 to both values; the results table and the report, which rebuilds byte for byte from the table alone."""
+    study = write_study(tmp_path, max_seeds=3, looks=2,
+                        control={"kind": "best", "param": "model.n_factors", "value": 2})
+    done = sweep(tmp_path, study, "workers=2", *data_args)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "look 2 of 2: 2 more trials (seeds [2]; model.n_factors 2, 4)" in done.stderr
     opt = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "sweeps.journal"))))
-    assert sorted(t.state.name for t in opt.trials) == ["COMPLETE"] * 4
-    assert sorted((t.params["model.n_factors"], t.params["trainer.seed"]) for t in opt.trials) == [
-        (2, 0), (2, 1), (4, 0), (4, 1)]  # every grid point once
+    assert sorted(t.state.name for t in opt.trials) == ["COMPLETE"] * 6
+    assert sorted((t.user_attrs["look"], t.params["model.n_factors"], t.params["trainer.seed"]) for t in opt.trials) \
+        == [(1, 2, 0), (1, 2, 1), (1, 4, 0), (1, 4, 1), (2, 2, 2), (2, 4, 2)]  # every point once, the same new seed
     (parent,), children = runs_of(tmp_path, "tiny")
-    # the parent's verdict is the rule's, recomputed from the journal (at two seeds, most often inconclusive)
+    # the parent's verdict is the rule's, recomputed from the journal at the last look's level
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["verdict"] == judge(STUDY["rule"], [(t.params, t.value) for t in opt.trials], False).result
-    assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == [0, 1, 2, 3]
+    trials = [(t.params, t.value) for t in opt.trials]
+    assert parent.data.tags["verdict"] == judge(STUDY["rule"], trials, False, look_level(2, 2), [2, 4]).result
+    assert parent.data.tags["control"] in (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED)
+    assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == list(range(6))
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id and c.data.tags["optuna.state"] == "COMPLETE"
                and c.info.status == "FINISHED" for c in children)
-    assert (tmp_path / "sweeps" / "results" / "tiny.md").is_file()
-    again = sweep(tmp_path, write_study(tmp_path), *data_args)  # the study exists: resume=true, or a new name
+    again = sweep(tmp_path, study, *data_args)  # the study exists: resume=true, or a new name
     assert again.returncode == 2 and "resume=true" in again.stderr
+    results = tmp_path / "sweeps" / "results"
+    written = (results / "tiny.md").read_text()
+    assert (results / "tiny.csv").read_text().count("\ntrial,") == 6
+    (tmp_path / "sweeps.journal").unlink()  # rebuilt from the table alone, as on a fresh clone
+    rebuilt = subprocess.run([sys.executable, "-m", "lesson5.report", str(study), *data_args], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert (results / "tiny.md").read_text() == written
+
+
+def test_the_next_look_adds_the_same_new_seeds_to_undecided_values_at_their_best_setting(tmp_path):
+    from lesson5.sweep.driver import next_points
+
+    study = spec.load(str(write_study(tmp_path, space={"model.n_factors": {"choices": [2, 4, 8]},
+                                                       "optim.lr": {"choices": [0.01, 0.1]}},
+                                      seeds=[0, 1, 2], max_seeds=6, looks=2,
+                                      control={"kind": "best", "param": "model.n_factors", "value": 2})))
+    base = [0.90, 0.93, 0.91]
+    noise = {4: [0.0, 0.0, 0.0], 8: [0.004, -0.003, 0.001], 2: [0.05, 0.0501, 0.0499]}
+    trials = [({"model.n_factors": v, "optim.lr": lr, "trainer.seed": s}, base[s] + noise[v][s] + (lr == 0.1) * 0.01)
+              for v in (2, 4, 8) for lr in (0.01, 0.1) for s in (0, 1, 2)]
+    # 2 is worse by 0.05 at every seed (decided even at look 1, for the claim and the control); 4 against 8 is noise
+    added = next_points(study, trials, 1)
+    assert added == [{"model.n_factors": v, "optim.lr": 0.01, "trainer.seed": s, "look": 2}
+                     for v in (4, 8) for s in (3, 4, 5)]
+    assert next_points(study, trials, 2) == []  # the last look adds nothing
+    study.added = added  # a point already planned is not planned again
+    assert next_points(study, trials, 1) == []
 
 
 @pytest.mark.slow

@@ -1,5 +1,12 @@
-"""The sweep driver: checks a study before any trial, owns its one MLflow parent run, starts the workers on this
-machine, and closes the parent with the study's summary and report once the study is complete.
+"""Services (the sweep engine): the sweep driver. It checks a study before any trial, owns its one MLflow parent run,
+starts the workers on this machine, runs a grid study's looks (seeds added until its verdicts are decided), and
+closes the parent with the study's summary, its results table and its report once the study is complete.
+
+Looks. A grid study runs its grid at the file's seeds (look 1). Then, while the claim's or the control's verdict is
+undecided at the look's level and looks remain, `next_points` asks `verdict.more_seeds` which values need seeds,
+and adds each at its best setting at the next look's seeds (`Study.seeds_at`): the same new seeds for every value,
+so the pairs grow. The added points are kept in the Optuna study (`ADDED_ATTR`), so that a resumed sweep, or the
+driver of another machine sharing the study, runs the same ones.
 
 Every machine of a shared study runs this. The parent run's id is kept in the Optuna study (a user attribute),
 and is created under the study's lock, so machines that start together share one parent. The driver imports
@@ -8,6 +15,7 @@ Optuna and MLflow, never torch: trials run in the worker processes.
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import socket
 import subprocess
@@ -25,9 +33,42 @@ from lesson5.process import start_module
 from lesson5.sweep import spec as specs
 from lesson5.sweep import storage as stores
 from lesson5.sweep.spec import Study
+from lesson5.sweep.verdict import SEED, more_seeds
 from lesson5.tracking.store import check_reachable, experiment_id, fail_run, log_summary, open_client, resolve_uri
 
 PARENT_ATTR = "mlflow_parent_run_id"
+ADDED_ATTR = "added_points"  # the points later looks added, each with its look
+
+
+def _key(point: dict) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in point.items() if k != "look"))
+
+
+def next_points(study: Study, trials: list[tuple[dict, float]], look: int) -> list[dict]:
+    """After look `look` of a grid study: the points the next look runs, [] when none (decided, the last look, or
+    every undecided value at max_seeds). Each value that the claim's or the control's rule still needs
+    (`more_seeds`) runs at its best setting (every setting, for a value with none complete) at the next look's seeds
+    that it lacks."""
+    if study.sampler != "grid" or look >= study.looks:
+        return []
+    maximize, seeds = study.direction == "maximize", study.seeds_at(look + 1)
+    taken, out = {_key(p) for p in study.points()}, []
+    for rule in study.rules().values():
+        if rule["kind"] == "final":
+            continue
+        param = next(p for p in study.space if p.key == rule["param"])
+        need = more_seeds(rule, trials, maximize, look, study.looks, study.max_seeds, values=param.choices)
+        for value, setting in need.items():
+            fixed = {param.key: next(c for c in param.choices if str(c) == value), **setting}
+            free = [p for p in study.space if p.key not in fixed]
+            for combo in itertools.product(*(p.choices for p in free)):
+                values = {**fixed, **dict(zip((p.key for p in free), combo))}
+                for seed in seeds:
+                    point = {**{p.key: values[p.key] for p in study.space}, SEED: seed, "look": look + 1}
+                    if _key(point) not in taken:
+                        taken.add(_key(point))
+                        out.append(point)
+    return out
 
 
 @dataclass
@@ -65,6 +106,7 @@ class Sweep:
         check_reachable(uri)
         study_name = study_name or study.name
         opt = cls._open_study(study, storage, study_name, resume)
+        study.added = list(opt.user_attrs.get(ADDED_ATTR, []))  # a resumed study's later looks
         sweep = cls(study, storage, study_name, workers, uri, naming.experiment_name(conf), opt)
         sweep.parent_run_id = sweep._parent()
         return sweep
@@ -113,7 +155,8 @@ class Sweep:
                 "optuna.study": self.study_name, "sweep.file": s.name, "sweep.claim": s.claim[:5000],
                 "mlflow.note.content": f"Optuna study {self.study_name} ({s.path.name}): {s.claim}"})
             params = {"sampler": s.sampler, "pruner": s.pruner["name"], "n_trials": s.n_trials, "objective":
-                      f"{s.direction} {s.metric}", "seeds": s.seeds, "base": " ".join(s.base) or "(none)",
+                      f"{s.direction} {s.metric}", "seeds": s.seeds, "max_seeds": s.max_seeds, "looks": s.looks,
+                      "rule": s.rule, "control": s.control, "base": " ".join(s.base) or "(none)",
                       "storage": self.storage, **{f"space.{p.key}": p.choices or f"[{p.low}, {p.high}]"
                                                   for p in s.space}}
             log_summary(client, run.info.run_id, params=params)
@@ -121,11 +164,25 @@ class Sweep:
             return run.info.run_id
 
     def run(self) -> int:
-        """Start the workers, wait for them, then close the parent run if the study is complete."""
-        print(f"study {self.study_name}: {self.study.n_trials} trials, {self.workers} worker(s) on "
+        """Start the workers and wait for them, look after look, then close the parent run if the study is
+        complete."""
+        from lesson5.sweep.worker import too_many_failures
+
+        s = self.study
+        looks = f", up to {s.looks} looks (seeds added up to {s.max_seeds})" if s.looks > 1 else ""
+        print(f"study {self.study_name}: {s.n_trials} trials{looks}, {self.workers} worker(s) on "
               f"{socket.gethostname()}, storage {self.storage}; MLflow parent run {self.parent_run_id} in "
               f"{self.tracking_uri}", file=sys.stderr)
         start = time.perf_counter()
+        while True:
+            interrupted, crashed = self._work()
+            if interrupted or crashed or not self._complete() or too_many_failures(s, self.opt) \
+                    or not self._next_look():
+                break
+        return self._finish(time.perf_counter() - start, interrupted, crashed)
+
+    def _work(self) -> tuple[bool, list]:
+        """Run this machine's workers until the study's points are claimed: (interrupted, crashed exit codes)."""
         interrupted = False
         procs = [self._start("main") for _ in range(self.workers)]
         try:
@@ -135,9 +192,37 @@ class Sweep:
             interrupted = True
             for p in procs:
                 p.wait()
-        wall = time.perf_counter() - start
-        return self._finish(wall, interrupted or any(p.returncode == 130 for p in procs),
-                            [p.returncode for p in procs if p.returncode not in (0, 130)])
+        return (interrupted or any(p.returncode == 130 for p in procs),
+                [p.returncode for p in procs if p.returncode not in (0, 130)])
+
+    def _complete(self) -> bool:
+        """Every point of the study so far has a trial that counts, and none is running or waiting."""
+        trials = self.opt.get_trials(deepcopy=False)
+        return (sum(map(stores.counts, trials)) >= self.study.total()
+                and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials))
+
+    def _next_look(self) -> bool:
+        """After a complete look of a grid study: add the next look's points, if its verdicts ask for any; True
+        when there are points to run. Under the study's lock, so that machines sharing it add them once."""
+        from lesson5.sweep.report import completed_trials
+
+        s = self.study
+        with stores.lock(self.storage, self.study_name):
+            added = self.opt.user_attrs.get(ADDED_ATTR, [])
+            if len(added) > len(s.added):  # another machine added them while this one's workers finished
+                s.added = list(added)
+                return True
+            look = max(p["look"] for p in s.points())
+            new = next_points(s, completed_trials(self.opt), look)
+            if not new:
+                return False
+            s.added = [*s.added, *new]
+            self.opt.set_user_attr(ADDED_ATTR, s.added)
+        values = sorted({str(p[s.rule["param"]]) for p in new if s.rule.get("param") in p})
+        print(f"study {self.study_name}: look {look + 1} of {s.looks}: {len(new)} more trials (seeds "
+              f"{sorted({p[SEED] for p in new})}" + (f"; {s.rule['param']} {', '.join(values)}" if values else "")
+              + ")", file=sys.stderr)
+        return True
 
     def _start(self, entry: str) -> subprocess.Popen:
         """A worker process running `worker.<entry>` (main or score_final) on this study. Its arguments go over
@@ -156,13 +241,11 @@ class Sweep:
         with stores.lock(self.storage, self.study_name):  # a trial whose worker died after the last claim
             stores.fail_lost_trials(self.opt)
         trials = self.opt.get_trials(deepcopy=False)
-        counted = [t for t in trials if stores.counts(t)]
-        active = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
         count = report.state_counts(trials)
         print(f"study {self.study_name}: {count['COMPLETE']} complete, {count['PRUNED']} pruned, {count['FAIL']} "
               f"failed, in {wall:.1f} s", file=sys.stderr)
         client = self._client()
-        complete = len(counted) >= self.study.n_trials and not active
+        complete = self._complete()
         if interrupted or (crashed and not complete):
             why = "interrupted" if interrupted else f"worker exit codes {crashed}"
             client.set_tag(self.parent_run_id, "stop_reason", f"{why}; resume=true continues the study")
@@ -180,7 +263,8 @@ class Sweep:
                   file=sys.stderr)
             return 0
         if self.study.final is not None and "final.base" not in self.opt.user_attrs:
-            print(f"scoring the best recipe and the base with {' '.join(self.study.final)}", file=sys.stderr)
+            control = " and the control" if self.study.control and self.study.control["kind"] == "final" else ""
+            print(f"scoring the best recipe, the base{control} with {' '.join(self.study.final)}", file=sys.stderr)
             self._start("score_final").wait()
         result = report.write(self.opt, self.study, client=client, parent_run_id=self.parent_run_id)
         client.log_metric(self.parent_run_id, "sweep_wall_seconds", wall)

@@ -1,6 +1,11 @@
-"""A study's report: the verdict on its claim, the objective against each swept parameter, the best trials and
-the parameters' importances. Written as Markdown (and PNGs) under `sweeps/results/`, and logged to the study's
-parent run.
+"""Services (the sweep engine): a study's report, from its results table (`lesson5.sweep.table`): the verdicts on
+its claim and on its control, how they were reached (paired intervals, the looks and their levels), each value's
+scores, the best trials, the parameters' importances and a plot per swept parameter. Written as Markdown (and
+PNGs) under `sweeps/results/`, and logged to the study's parent run when there is one.
+
+The report is a function of the table and the study file only: no date, host or wall time that is not in the
+table, and Optuna's fANOVA importances with a fixed seed, so that `python -m lesson5.report <study>` rebuilds the
+committed report byte for byte.
 """
 
 from __future__ import annotations
@@ -8,35 +13,62 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import optuna
-from optuna.trial import TrialState
 
+from lesson5.sweep import table as tables
 from lesson5.sweep.spec import Study
-from lesson5.sweep.verdict import Verdict, judge, judge_final
+from lesson5.sweep.table import SEED, Table
+from lesson5.sweep.verdict import INCONCLUSIVE, NOT_REPRODUCED, Comparison, Verdict, judge, judge_final, look_level
 from lesson5.tracking.store import log_files, log_summary
 
 RESULTS = Path("sweeps") / "results"  # under the folder the command runs in, beside mlflow.db
+FANOVA_SEED = 0  # fANOVA's random forest, seeded so a rebuilt report shows the same importances
 
 
 @dataclass
 class Report:
     verdict: Verdict
+    control: Optional[Verdict]
     markdown: str
     plots: dict[str, bytes]
     markdown_path: Optional[Path] = None
+    table_path: Optional[Path] = None
 
 
 def state_counts(trials) -> dict[str, int]:
-    """How many trials ended COMPLETE, PRUNED and FAIL."""
-    return {s.name: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                                 TrialState.FAIL)}
+    """How many trials ended COMPLETE, PRUNED and FAIL (Optuna's trials, or a table's rows)."""
+    names = [t.state if isinstance(t.state, str) else t.state.name for t in trials]
+    return {s: names.count(s) for s in tables.STATES}
 
 
-def completed(opt: optuna.Study) -> list[tuple[dict, float]]:
-    """(params, objective) of every COMPLETE trial."""
-    return [(t.params, t.value) for t in opt.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+def completed_trials(opt: optuna.Study) -> list[tuple[dict, float]]:
+    """(params, objective) of every COMPLETE trial of an Optuna study, as verdicts take them."""
+    return [(t.params, t.value) for t in opt.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+
+
+def level(table: Table, study: Study) -> float:
+    """The confidence level of the study's last look (0.95 for a study of one look)."""
+    return look_level(min(table.last_look(), study.looks), study.looks)
+
+
+def verdicts(table: Table, study: Study) -> dict[str, Verdict]:
+    """The verdict on the claim ("rule") and on the control ("control"), each by its rule, at the last look's
+    level; a `best` rule counts every value of its parameter's space, finished or not."""
+    maximize, at = study.direction == "maximize", level(table, study)
+    finals = table.finals()
+    best = finals.get("best", {}).get("folds", {})
+    out = {}
+    for key, rule in study.rules().items():
+        if rule["kind"] == "final":
+            label = "base" if key == "rule" else "control"
+            out[key] = judge_final(rule, best, finals.get(label, {}).get("folds", {}), maximize, at,
+                                   label=f"the {label}")
+        else:
+            param = next(p for p in study.space if p.key == rule["param"])
+            out[key] = judge(rule, table.completed(), maximize, at, values=param.choices)
+    return out
 
 
 def plot_param(study: Study, name: str, trials: list[tuple[dict, float]], key: str) -> bytes:
@@ -73,76 +105,212 @@ def _by(trials, key) -> dict[str, list[float]]:
     return out
 
 
-def importances(opt: optuna.Study) -> dict[str, float]:
-    """Optuna's parameter importances (fANOVA), or {} when too few trials or values vary."""
+def importances(table: Table, study: Study) -> dict[str, float]:
+    """Optuna's parameter importances (fANOVA, seeded), or {} when too few trials or values vary."""
     try:
-        return optuna.importance.get_param_importances(opt)
+        return optuna.importance.get_param_importances(
+            tables.optuna_study(table, study),
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=FANOVA_SEED))
     except (ValueError, RuntimeError):
         return {}
 
 
-def build(opt: optuna.Study, study: Study) -> Report:
-    trials = completed(opt)
-    maximize = study.direction == "maximize"
-    final = {k: opt.user_attrs.get(f"final.{k}", {}) for k in ("best", "base")}
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def method(study: Study, table: Table) -> list[str]:
+    """How the verdicts were reached, in words: the pairing, the intervals, the looks and their levels."""
+    lines = ["## Method", ""]
     if study.rule["kind"] == "final":
-        verdict = judge_final(study.rule, final["best"].get("folds", {}), final["base"].get("folds", {}), maximize)
-    else:
-        verdict = judge(study.rule, trials, maximize)
-    all_trials = opt.get_trials(deepcopy=False)
-    count = state_counts(all_trials)
-    epochs = [t.user_attrs["epochs"] for t in all_trials if "epochs" in t.user_attrs]
-    lines = [f"# Study `{opt.study_name}` ({study.path.name})", "", f"**Claim.** {study.claim}", "",
-             f"**Rule** (written in the study file before any result): `{study.rule}`", "",
-             f"**Verdict: {verdict.result}.** {verdict.summary}", "",
-             f"Objective: {study.direction} `{study.metric}`. Sampler {study.sampler}, pruner "
-             f"{study.pruner['name']}, seeds {study.seeds}. Base overrides: `{' '.join(study.base) or '(none)'}`.",
-             f"Trials: {count['COMPLETE']} complete, {count['PRUNED']} pruned, {count['FAIL']} failed"
-             + (f"; {sum(epochs)} epochs trained" if epochs else "") + ".", ""]
-    sign = -1 if maximize else 1
-    if study.rule["kind"] == "final":
-        folds = sorted(set(final["best"].get("folds", {})) | set(final["base"].get("folds", {})))
-        lines += [f"## Final scoring with `{' '.join(study.final)}`", "",
-                  f"| recipe | overrides | {' | '.join(folds)} |", "|---|---|" + "---:|" * len(folds)]
-        for label in ("best", "base"):
-            scored = final[label].get("folds", {})
-            lines.append(f"| {label} | `{' '.join(final[label].get('overrides', [])) or '(the base)'}` | "
+        lines += ["The study's best recipe and the base (the lesson's recipe) are each scored once on the folds of "
+                  f"`{' '.join(study.final)}`, and compared on paired per-fold differences with a "
+                  "t interval: the claim is reproduced when the interval of the best's gain over the base lies below "
+                  "the tolerance (`lesson5/sweep/verdict.py`)."]
+        if study.control is not None and study.control["kind"] == "final":
+            lines[-1] += (f" The control recipe (the base with `{' '.join(study.control['overrides'])}`) is scored "
+                          "and judged the same way.")
+        return [*lines, ""]
+    lines += ["Each value is scored at its best setting of the other swept parameters, as the mean over seeds. Trials "
+              "at the same seed share the initialization stream and the batch order, so values are compared on "
+              "paired differences at the seeds both have, with a t interval on their mean; the rule's tolerance is "
+              "the bound of practical equivalence (`lesson5/sweep/verdict.py`: `best` is Holm-corrected "
+              "non-inferiority against every other value, `better` reads the equivalence band first). A comparison "
+              "with fewer than two paired seeds is never evidence for the claim."]
+    if study.looks > 1:
+        plan = ", ".join(str(len(study.seeds_at(k))) for k in range(1, study.looks + 1))
+        levels = ", ".join(_pct(look_level(k, study.looks)) for k in range(1, study.looks + 1))
+        lines += ["", f"Seeds until decided: {study.looks} looks planned, with {plan} seeds per setting (up to "
+                      f"max_seeds {study.max_seeds}). After each look but the last, the values in comparisons still "
+                      "undecided (for the claim or the control) get the next look's seeds at their best setting, the "
+                      "same seeds for every value, so the pairs grow. Repeated looks would inflate the error rate, so "
+                      "look k is judged at the level that O'Brien-Fleming-type alpha spending (Lan-DeMets) leaves it: "
+                      f"{levels}; their alphas sum to 5%. This study's last look was look "
+                      f"{min(table.last_look(), study.looks)}, and its verdicts are read at that look's level."]
+    return [*lines, ""]
+
+
+def _rows(v: Verdict, unit: str) -> list[str]:
+    lines = [f"| against | paired {unit} | advantage | sd | interval | level | outcome | {unit} needed |",
+             "|---|---:|---:|---:|---|---:|---|---:|"]
+    for r in v.rows:
+        lines.append(_row(r))
+    return lines
+
+
+def _row(r: Comparison) -> str:
+    if r.n < 2:
+        return f"| {r.value} | {r.n} | {'' if r.n == 0 else f'{r.diff:+.4f}'} | | fewer than two pairs | | " \
+               f"{r.outcome} | |"
+    return (f"| {r.value} | {r.n} | {r.diff:+.4f} | {r.sd:.4f} | [{r.lo:+.4f}, {r.hi:+.4f}] | {_pct(r.level)} | "
+            f"{r.outcome} | {r.seeds_needed or ''} |")
+
+
+def _scores(study: Study, v: Verdict, param: str) -> list[str]:
+    sign = -1 if study.direction == "maximize" else 1
+    lines = [f"## `{study.metric}` by `{param}` (each value at its best setting of the others)", "",
+             "| value | mean | std | seeds | at |", "|---|---:|---:|---:|---|"]
+    for value, s in sorted(v.scores.items(), key=lambda kv: (sign * kv[1].mean, kv[0])):
+        at = ", ".join(f"{k}={x}" for k, x in s.setting.items()) or "-"
+        lines.append(f"| {value} | {s.mean:.4f} | {s.std:.4f} | {s.n} | {at} |")
+    return [*lines, ""]
+
+
+def _looks(study: Study, table: Table) -> list[str]:
+    """Which trials each look ran."""
+    param = study.rule.get("param")
+    lines = ["## Looks", "", f"| look | level | trials | seeds | values of `{param}` |", "|---:|---:|---:|---|---|"]
+    for k in range(1, table.last_look() + 1):
+        rows = [r for r in table.trials() if (r.look or 1) == k]
+        seeds = sorted({r.params[SEED] for r in rows if SEED in r.params})
+        values = sorted({str(r.params[param]) for r in rows if param in r.params},
+                        key=lambda x: next((i for i, p in enumerate(_choices(study, param)) if str(p) == x), 0))
+        lines.append(f"| {k} | {_pct(look_level(k, study.looks))} | {len(rows)} | {_span(seeds)} | "
+                     f"{', '.join(values)} |")
+    return [*lines, ""]
+
+
+def _choices(study: Study, key: str) -> list:
+    return next(p.choices or [] for p in study.space if p.key == key)
+
+
+def _span(seeds: list[int]) -> str:
+    """0-4, 7 for [0, 1, 2, 3, 4, 7]."""
+    parts, start = [], None
+    for i, s in enumerate(seeds):
+        start = s if start is None else start
+        if i + 1 == len(seeds) or seeds[i + 1] != s + 1:
+            parts.append(f"{start}" if start == s else f"{start}-{s}")
+            start = None
+    return ", ".join(parts)
+
+
+def _finals(study: Study, table: Table) -> list[str]:
+    finals = table.finals()
+    folds = sorted({f for got in finals.values() for f in got["folds"]})
+    lines = [f"## Final scoring with `{' '.join(study.final)}`", "",
+             f"| recipe | overrides | {' | '.join(folds)} |", "|---|---|" + "---:|" * len(folds)]
+    for label in tables.FINALS:
+        if label in finals:
+            scored = finals[label]["folds"]
+            lines.append(f"| {label} | `{' '.join(finals[label]['overrides']) or '(the base)'}` | "
                          + " | ".join(f"{scored[f]:.4f}" if f in scored else "" for f in folds) + " |")
+    return [*lines, ""]
+
+
+def build(table: Table, study: Study, name: Optional[str] = None) -> Report:
+    """The report of study `name` (default: the study file's name) from its table."""
+    name = name or study.name
+    got = verdicts(table, study)
+    verdict, control = got["rule"], got.get("control")
+    trials = table.completed()
+    count = state_counts(table.trials())
+    epochs = sum(len(r.curve) for r in table.trials())
+    seconds = sum(r.seconds for r in table.trials() if r.seconds == r.seconds)
+    unit = "folds" if study.rule["kind"] == "final" else "seeds"
+    lines = [f"# Study `{name}` ({study.path.name})", "", f"**Claim.** {study.claim}", "",
+             f"**Rule** (written in the study file before any result): `{study.rule}`", "",
+             f"**Verdict: {verdict.result}.** {verdict.summary}", ""]
+    if control is None:
+        lines += ["**Control:** none in the study file: nothing shows that this study's rule can fail.", ""]
     else:
-        lines += [f"## `{study.metric}` by `{study.rule['param']}` (each value at its best setting of the others)",
-                  "", "| value | mean | std | seeds | at |", "|---|---:|---:|---:|---|"]
-        for v, s in sorted(verdict.scores.items(), key=lambda kv: sign * kv[1].mean):
-            at = ", ".join(f"{k}={x}" for k, x in s.setting.items()) or "-"
-            lines.append(f"| {v} | {s.mean:.4f} | {s.std:.4f} | {s.n} | {at} |")
-    best = sorted(opt.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: sign * t.value)[:5]
-    lines += ["", "## Best trials", "", f"| trial | {study.metric} | params |", "|---:|---:|---|"]
-    lines += [f"| {t.number} | {t.value:.4f} | {', '.join(f'{k}={v}' for k, v in t.params.items())} |" for t in best]
-    imp = importances(opt)
+        ok = control.result == NOT_REPRODUCED
+        lines += [f"**Control** (a claim that must come out \"not reproduced\"): `{study.control}`", "",
+                  f"**Control verdict: {control.result}**" + (" (as it must)." if ok else
+                  (": the study could not show that its rule can fail here." if control.result == INCONCLUSIVE else
+                   ": the control passed, so this study cannot tell its values apart and its verdict says little."))
+                  + f" {control.summary}", ""]
+    lines += [f"Objective: {study.direction} `{study.metric}`. Sampler {study.sampler}, pruner "
+              f"{study.pruner['name']}, seeds {study.seeds}" + (f" (up to {study.max_seeds})" if study.looks > 1
+                                                                 else "")
+              + f". Base overrides: `{' '.join(study.base) or '(none)'}`.",
+              f"Trials: {count['COMPLETE']} complete, {count['PRUNED']} pruned, {count['FAIL']} failed; {epochs} "
+              f"epochs trained in {seconds:.0f} s of training.", "", *method(study, table)]
+    lines += [f"## The claim: {_whom(study.rule)}", "", *_rows(verdict, unit), ""]
+    if control is not None:
+        lines += [f"## The control: {_whom(study.control)}", "", *_rows(control, unit), ""]
+    if study.rule["kind"] == "final":
+        lines += _finals(study, table)
+    else:
+        lines += _scores(study, verdict, study.rule["param"])
+        if control is not None and study.control["param"] != study.rule["param"]:
+            lines += _scores(study, control, study.control["param"])
+        if study.sampler == "grid":
+            lines += _looks(study, table)
+    sign = -1 if study.direction == "maximize" else 1
+    best = sorted(table.trials("COMPLETE"), key=lambda r: (sign * r.value, r.number))[:5]
+    lines += ["## Best trials", "", f"| trial | {study.metric} | params |", "|---:|---:|---|"]
+    lines += [f"| {r.number} | {r.value:.4f} | {', '.join(f'{k}={v}' for k, v in r.params.items())} |" for r in best]
+    imp = importances(table, study)
     if imp:
-        lines += ["", "## Parameter importances (fANOVA)", "", "| param | importance |", "|---|---:|"]
+        lines += ["", f"## Parameter importances (fANOVA, seed {FANOVA_SEED})", "", "| param | importance |",
+                  "|---|---:|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in imp.items()]
-    plots = {f"{opt.study_name}_{p.key}.png": plot_param(study, opt.study_name, trials, p.key)
-             for p in study.space} if trials else {}
-    lines += ["", *[f"![{name}]({name})" for name in plots], ""]
-    return Report(verdict, "\n".join(lines), plots)
+    plots = {f"{name}_{p.key}.png": plot_param(study, name, trials, p.key) for p in study.space} if trials else {}
+    lines += ["", *[f"![{n}]({n})" for n in plots], ""]
+    return Report(verdict, control, "\n".join(lines), plots)
 
 
-def write(opt: optuna.Study, study: Study, *, client=None, parent_run_id: Optional[str] = None,
-          out_dir: Path = RESULTS) -> Report:
-    """Build the report, write it under out_dir (as <study name>.md and its PNGs), log it to the parent run."""
-    rep = build(opt, study)
+def _whom(rule: dict) -> str:
+    """What a rule's rows compare, as a heading."""
+    if rule["kind"] == "final":
+        who = "the base" if "overrides" not in rule else f"the control recipe (`{' '.join(rule['overrides'])}`)"
+        return f"{who}'s advantage over the study's best recipe, by fold"
+    if rule["kind"] == "better":
+        return f"`{rule['param']}` {rule['value']}'s advantage over {rule['than']}, by seed"
+    return f"`{rule['param']}` {rule['value']}'s advantage over each other value, by seed"
+
+
+def write(source: Union[Table, optuna.Study], study: Study, *, name: Optional[str] = None, client=None,
+          parent_run_id: Optional[str] = None, out_dir: Path = RESULTS) -> Report:
+    """Build the report and write it under out_dir as <name>.md with its PNGs; log it to the parent run if given.
+
+    `source` is the study's table, or its Optuna study: then the table is made from it and written beside the
+    report as <name>.csv, and the report is built from that table, as a rebuild from the table would build it.
+    """
+    if isinstance(source, optuna.Study):
+        name = name or source.study_name
+        table = tables.from_optuna(source, study)
+        table_path = tables.write(table, study, out_dir / f"{name}.csv")
+    else:
+        table, table_path = source, None
+    rep = build(table, study, name)
+    name = name or study.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    rep.markdown_path = out_dir / f"{opt.study_name}.md"
+    rep.markdown_path, rep.table_path = out_dir / f"{name}.md", table_path
     rep.markdown_path.write_text(rep.markdown)
-    for name, png in rep.plots.items():
-        (out_dir / name).write_bytes(png)
+    for png_name, png in rep.plots.items():
+        (out_dir / png_name).write_bytes(png)
     if client is not None and parent_run_id is not None:
-        log_files(client, parent_run_id, {f"report/{name}": (out_dir / name).read_bytes()
-                                          for name in [rep.markdown_path.name, *rep.plots]})
-        count = state_counts(opt.get_trials(deepcopy=False))
+        names = [rep.markdown_path.name, *rep.plots, *([table_path.name] if table_path else [])]
+        log_files(client, parent_run_id, {f"report/{n}": (out_dir / n).read_bytes() for n in names})
+        count = state_counts(table.trials())
         metrics = {f"trials_{state.lower()}": n for state, n in count.items()}
-        if count["COMPLETE"]:
-            metrics[f"best_{study.metric}"] = opt.best_value
-        log_summary(client, parent_run_id, metrics=metrics,
-                    tags={"verdict": rep.verdict.result, "verdict.summary": rep.verdict.summary})
+        done = table.trials("COMPLETE")
+        if done:
+            metrics[f"best_{study.metric}"] = (max if study.direction == "maximize" else min)(r.value for r in done)
+        tags = {"verdict": rep.verdict.result, "verdict.summary": rep.verdict.summary}
+        if rep.control is not None:
+            tags.update({"control": rep.control.result, "control.summary": rep.control.summary})
+        log_summary(client, parent_run_id, metrics=metrics, tags=tags)
     return rep

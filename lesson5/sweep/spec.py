@@ -9,7 +9,12 @@ A study is a YAML file anywhere (`lesson5-sweep path/to/study.yaml`), or the nam
     space:                                          # Hydra override keys
       model.n_factors: {choices: [10, 20, 40, 80]}  # categorical
       optim.wd: {low: 1e-3, high: 1.0, log: true}   # a range (int: true for integers); grid studies take choices
+    control: {kind: best, param: model.n_factors, value: 10}   # optional: a claim that must come out "not
+                                                    # reproduced" (a value known to be poor): the rule can fail here
     seeds: [0, 1, 2]                                # trainer.seed values, each point is run at each
+    max_seeds: 20                                   # grid: seeds may be added up to this many per setting (<= 20)
+    looks: 4                                        # grid: planned looks; after each but the last, seeds are added
+                                                    # to the values still undecided (lesson5.sweep.verdict)
     objective: {metric: valid_rmse, direction: minimize}
     sampler: grid                                   # grid | tpe | random
     pruner: none                                    # none | median | hyperband, or {name: median, ...}
@@ -19,6 +24,11 @@ A study is a YAML file anywhere (`lesson5-sweep path/to/study.yaml`), or the nam
                                                     # more with these overrides (the test folds), for rule final
 
 `load` checks all of it, composing one trial's config, before any trial runs; a problem names the file and key.
+
+Seeds until decided (grid studies). Look 1 runs the grid at `seeds`. Look k of `looks` has `seeds_at(k)`: the file's
+seeds, then the next whole numbers after the largest, evenly more per look up to `max_seeds` at the last look, so
+the looks sit at the planned information fractions k/looks that the alpha spending assumes. The driver adds the
+points a look asks for (`Study.added`, kept in the Optuna study so a resumed sweep has them).
 """
 
 from __future__ import annotations
@@ -39,6 +49,8 @@ from lesson5.sweep.verdict import check_rule
 # sweeps/ at the top of the checkout, shipped inside the package as lesson5.sweeps (pyproject.toml's package-dir)
 SWEEPS = Path(str(files("lesson5.sweeps")))
 SAMPLERS = ("grid", "tpe", "random")
+# The issue's budget: a claim is decided within 20 paired seeds, or reported inconclusive with the seeds it would take.
+MAX_SEEDS = 20
 PRUNERS = ("none", "median", "hyperband")
 
 
@@ -76,12 +88,37 @@ class Study:
     n_trials: int = 0
     max_fail_rate: float = 0.5
     final: Optional[list[str]] = None  # overrides for scoring the best recipe and the base once the study is done
+    control: Optional[dict] = None  # a claim that must come out "not reproduced"
+    max_seeds: int = 1  # the most seeds a setting gets (grid studies add seeds between looks)
+    looks: int = 1  # planned looks at the verdict
+    added: list[dict[str, Any]] = field(default_factory=list)  # points later looks added, each with its "look"
 
     def grid(self) -> list[dict[str, Any]]:
         """Every point of a grid study, each at each seed: the trials' parameters, in order."""
         names = [p.key for p in self.space]
         return [{**dict(zip(names, values)), "trainer.seed": seed}
                 for values in itertools.product(*(p.choices for p in self.space)) for seed in self.seeds]
+
+    def points(self) -> list[dict[str, Any]]:
+        """A grid study's points to run, in order: look 1's (the grid, up to n_trials), then those later looks
+        added; each has its params and "look"."""
+        return [{**p, "look": 1} for p in self.grid()[:self.n_trials]] + [dict(p) for p in self.added]
+
+    def total(self) -> int:
+        """How many trials the study runs: n_trials, and for a grid study the points later looks added."""
+        return self.n_trials + (len(self.added) if self.sampler == "grid" else 0)
+
+    def seeds_at(self, look: int) -> list[int]:
+        """The seeds a setting has by look `look`: the file's, then the next whole numbers after the largest, more
+        at each look, evenly, up to max_seeds at the last."""
+        n = len(self.seeds)
+        if self.looks > 1:
+            n += round((self.max_seeds - n) * (look - 1) / (self.looks - 1))
+        return [*self.seeds, *range(max(self.seeds) + 1, max(self.seeds) + 1 + n - len(self.seeds))]
+
+    def rules(self) -> dict[str, dict]:
+        """The claim's rule and, if any, the control's, by their key in the file."""
+        return {"rule": self.rule, **({"control": self.control} if self.control is not None else {})}
 
 
 def shipped() -> list[str]:
@@ -134,24 +171,55 @@ def load(name_or_path: str, overrides: list[str] = ()) -> Study:
         raise ConfigError(f"{path} does not parse as YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of study fields")
-    known = {"claim", "rule", "base", "space", "seeds", "objective", "sampler", "pruner", "n_trials", "max_fail_rate",
-             "final"}
+    known = {"claim", "rule", "control", "base", "space", "seeds", "max_seeds", "looks", "objective", "sampler",
+             "pruner", "n_trials", "max_fail_rate", "final"}
     if set(raw) - known:
         raise ConfigError(f"{path}: unknown field(s) {sorted(set(raw) - known)}; known: {sorted(known)}")
     for key in ("claim", "rule", "space", "objective"):
         if not raw.get(key):
             raise ConfigError(f"{path}: `{key}` is missing")
+    if not isinstance(raw["space"], dict):
+        raise ConfigError(f"{path}: space: expected a mapping of override keys to {{choices: [...]}} or ranges")
     space = [_param(path, k, v) for k, v in raw["space"].items()]
     objective = raw["objective"]
     pruner = raw.get("pruner", "none")
     pruner = {"name": pruner} if isinstance(pruner, str) else dict(pruner)
-    study = Study(name=path.stem, path=path, claim=str(raw["claim"]).strip(), rule=dict(raw["rule"]), space=space,
-                  base=[*raw.get("base", []), *overrides], seeds=list(raw.get("seeds", [42])),
+    seeds = raw.get("seeds", [42])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"{path}: seeds: {seeds!r} is not a list of whole numbers (trainer.seed values)")
+    study = Study(name=path.stem, path=path, claim=str(raw["claim"]).strip(), rule=raw["rule"], space=space,
+                  base=[*raw.get("base", []), *overrides], seeds=list(seeds), control=raw.get("control"),
                   metric=objective.get("metric", ""), direction=objective.get("direction", "minimize"),
                   sampler=raw.get("sampler", "tpe"), pruner=pruner, max_fail_rate=float(raw.get("max_fail_rate", 0.5)),
                   final=list(raw["final"]["overrides"]) if raw.get("final") else None)
     _check(study, raw.get("n_trials"))
+    _check_looks(study, raw.get("max_seeds", len(study.seeds)), raw.get("looks", 1))
     return study
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_looks(study: Study, max_seeds: Any, looks: Any) -> None:
+    """max_seeds and looks: whole numbers that give every later look at least one new seed, within MAX_SEEDS."""
+    path, n = study.path, len(study.seeds)
+    if study.sampler != "grid":
+        if max_seeds != n or looks != 1:
+            raise ConfigError(f"{path}: max_seeds: {max_seeds!r}, looks: {looks!r}: a {study.sampler} study samples "
+                              f"one point per trial and adds no seeds; leave both out (or max_seeds: {n}, looks: 1)")
+        study.max_seeds, study.looks = n, 1
+        return
+    if not _whole(max_seeds) or not n <= max_seeds <= MAX_SEEDS:
+        raise ConfigError(f"{path}: max_seeds: {max_seeds!r} is not a whole number from {n} (the seeds listed) to "
+                          f"{MAX_SEEDS}")
+    if not _whole(looks) or not 1 <= looks <= 1 + max_seeds - n:
+        raise ConfigError(f"{path}: looks: {looks!r} is not a whole number from 1 to {1 + max_seeds - n} (each look "
+                          f"after the first adds at least one seed, from {n} seeds up to max_seeds {max_seeds})")
+    if (looks == 1) != (max_seeds == n):
+        raise ConfigError(f"{path}: looks: {looks} with max_seeds: {max_seeds} and {n} seeds: seeds are added only "
+                          f"between looks, so give looks >= 2 with max_seeds above {n}, or looks: 1 and max_seeds: {n}")
+    study.max_seeds, study.looks = max_seeds, looks
 
 
 def check_pruner(study: Study) -> None:
@@ -204,3 +272,13 @@ def _check(study: Study, n_trials: Optional[int]) -> None:
         except Exception as e:  # noqa: BLE001 - ConfigError or Hydra's composition errors
             raise ConfigError(f"{path}: final.overrides do not compose with the base: {e}") from None
     check_rule(study)
+    if study.control is not None:
+        check_rule(study, study.control, "control")
+        if study.control == study.rule:
+            raise ConfigError(f"{path}: control: the same claim as rule; a control is a claim that must come out "
+                              f"\"not reproduced\", such as a value known to be poor")
+        if study.control.get("kind") == "final":
+            try:
+                validate(compose([*study.base, *first, *study.final, *study.control["overrides"]]))
+            except Exception as e:  # noqa: BLE001 - ConfigError or Hydra's composition errors
+                raise ConfigError(f"{path}: control.overrides do not compose with the base: {e}") from None

@@ -380,29 +380,54 @@ def _check_level(level: float) -> float:
     return 1.0 - level
 
 
-def check_rule(study) -> None:
-    """The rule names a swept parameter and values among its choices, and a tolerance >= 0 if any."""
-    rule, path = study.rule, study.path
+RULE_FIELDS = {"best": {"kind", "param", "value", "tolerance"},
+               "better": {"kind", "param", "value", "than", "tolerance"},
+               "final": {"kind", "tolerance", "overrides"}}
+
+
+def check_rule(study, rule: Optional[dict] = None, key: str = "rule") -> None:
+    """A rule (the study's `rule`, or `rule` under `key`, such as its control) names a swept parameter and values
+    among its choices, a tolerance >= 0 if any, and no other field; ConfigError naming the file and the key."""
+    rule, path = study.rule if rule is None else rule, study.path
     keys = {p.key: p for p in study.space}
-    if rule.get("kind") not in ("best", "better", "final"):
-        raise ConfigError(f"{path}: rule.kind: {rule.get('kind')!r} is not best, better or final")
+    if not isinstance(rule, dict):
+        raise ConfigError(f"{path}: {key}: expected a mapping such as {{kind: best, param: P, value: V, tolerance: "
+                          f"T}}, got {rule!r}")
+    if rule.get("kind") not in RULE_FIELDS:
+        raise ConfigError(f"{path}: {key}.kind: {rule.get('kind')!r} is not best, better or final")
+    # `overrides` belongs to a final control only: the claim's own final recipe is the study's base
+    allowed = RULE_FIELDS[rule["kind"]] - ({"overrides"} if key == "rule" else set())
+    if set(rule) - allowed:
+        raise ConfigError(f"{path}: {key}: unknown field(s) {sorted(set(rule) - allowed)} for kind "
+                          f"{rule['kind']}; it takes {', '.join(sorted(allowed))}")
     tol = rule.get("tolerance", 0.0)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
-        raise ConfigError(f"{path}: rule.tolerance: {tol!r} is not a number >= 0 (the difference too small to "
+        raise ConfigError(f"{path}: {key}.tolerance: {tol!r} is not a number >= 0 (the difference too small to "
                           "matter, in the objective's units)")
     if rule["kind"] == "final":
         if study.final is None:
-            raise ConfigError(f"{path}: rule.kind: final needs a `final: {{overrides: [...]}}` section")
+            raise ConfigError(f"{path}: {key}.kind: final needs a `final: {{overrides: [...]}}` section")
+        # a final control is a recipe of its own (the base with these overrides), scored beside the best
+        if key != "rule" and not (isinstance(rule.get("overrides"), list) and rule["overrides"]
+                                  and all(isinstance(o, str) and "=" in o for o in rule["overrides"])):
+            raise ConfigError(f"{path}: {key}.overrides: {rule.get('overrides')!r} is not a list of Hydra overrides "
+                              "(key=value): the recipe that must not be as good as the study's best")
         return
     param = keys.get(rule.get("param"))
     if param is None:
-        raise ConfigError(f"{path}: rule.param: {rule.get('param')!r} is not a key of space ({', '.join(keys)})")
+        raise ConfigError(f"{path}: {key}.param: {rule.get('param')!r} is not a key of space ({', '.join(keys)})")
     for field_ in ("value", "than") if rule["kind"] == "better" else ("value",):
         if field_ not in rule:
-            raise ConfigError(f"{path}: rule.{field_} is missing")
-        if param.choices is not None and str(rule[field_]) not in map(str, param.choices):
-            raise ConfigError(f"{path}: rule.{field_}: {rule[field_]!r} is not among {param.key}'s choices "
-                              f"{param.choices}")
+            raise ConfigError(f"{path}: {key}.{field_} is missing")
+        v = rule[field_]
+        if param.choices is not None and str(v) not in map(str, param.choices):
+            raise ConfigError(f"{path}: {key}.{field_}: {v!r} is not among {param.key}'s choices {param.choices}")
+        if param.choices is None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          and param.low <= v <= param.high):
+            raise ConfigError(f"{path}: {key}.{field_}: {v!r} is outside {param.key}'s range [{param.low:g}, "
+                              f"{param.high:g}]")
+    if rule["kind"] == "better" and str(rule["value"]) == str(rule["than"]):
+        raise ConfigError(f"{path}: {key}.than: {rule['than']!r} is the claimed value itself; name another value")
 
 
 def _fmt(v: str, s: Optional[Score]) -> str:
@@ -476,22 +501,23 @@ def judge(rule: dict, trials: list[tuple[dict[str, Any], float]], maximize: bool
 
 
 def judge_final(rule: dict, best: dict[str, float], base: dict[str, float], maximize: bool,
-                level: float = 0.95) -> Verdict:
-    """The `final` rule from per-fold scores of the study's best recipe and of the base recipe, paired by fold."""
+                level: float = 0.95, label: str = "the base") -> Verdict:
+    """The `final` rule from per-fold scores of the study's best recipe and of the base recipe (or, named by
+    `label`, another recipe such as a control's), paired by fold."""
     alpha = _check_level(level)
     tol = float(rule.get("tolerance", 0.0))
     folds = sorted(set(best) & set(base))
     sc = {name: _score({f: v[f] for f in folds}, {}) for name, v in (("best", best), ("base", base)) if folds}
     row = _noninferior({"best": _advantage(sc.get("base"), sc.get("best"), maximize)}, tol, alpha)[0]
     if len(folds) < 2:
-        return Verdict(INCONCLUSIVE, "the best recipe and the base have not both been scored on two or more folds",
+        return Verdict(INCONCLUSIVE, f"the best recipe and {label} have not both been scored on two or more folds",
                        sc, [row], level)
     result = (REPRODUCED if row.outcome.startswith("not worse") else NOT_REPRODUCED if row.outcome.startswith("worse")
               else INCONCLUSIVE)
-    words = {REPRODUCED: f"below +{tol:g}: the base is as good as the best", INCONCLUSIVE: f"straddles +{tol:g}",
-             NOT_REPRODUCED: f"above +{tol:g}: the best beats the base"}[result]
+    words = {REPRODUCED: f"below +{tol:g}: {label} is as good as the best", INCONCLUSIVE: f"straddles +{tol:g}",
+             NOT_REPRODUCED: f"above +{tol:g}: the best beats {label}"}[result]
     v = Verdict(result, f"over {len(folds)} folds, the best recipe {sc['best'].mean:.4f} +- {sc['best'].std:.4f}, "
-                        f"the base {sc['base'].mean:.4f} +- {sc['base'].std:.4f}; the best is better by "
+                        f"{label} {sc['base'].mean:.4f} +- {sc['base'].std:.4f}; the best is better by "
                         f"{-row.diff:.4f}, {_pct(level)} interval [{-row.hi:.4f}, {-row.lo:.4f}], {words}",
                 sc, [row], level)
     v.summary += _needed(v, "folds")

@@ -1,4 +1,5 @@
-"""A sweep worker: one process that runs trial after trial until the study has its n_trials.
+"""Services (the sweep engine): a sweep worker, one process that runs trial after trial until every point of the
+study so far (a grid's look, or a sampler's n_trials) has a trial that counts.
 
 It keeps its imports, its data (read once, `lesson5.data.build` caches it per process) and one MLflow writer, so
 a trial costs little beyond its training. Each trial composes its config with `lifecycle.quiet_config` and calls the
@@ -66,7 +67,8 @@ def objective(study: Study, tracker: Tracker, parent_run_id: str, claim: context
         trial.set_user_attr("pid", os.getpid())
         prune = Pruning(trial, study.metric)
         params = {p.key: suggest(trial, p) for p in study.space}
-        seed = trial.suggest_categorical("trainer.seed", study.seeds)
+        # every seed the study's looks may add, so that a later look's points fit the same distribution
+        seed = trial.suggest_categorical("trainer.seed", study.seeds_at(study.looks))
         swept = [p.override(params[p.key]) for p in study.space] + [f"trainer.seed={seed}"]
         overrides = [*study.base, *swept]
         tags = {"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number), "sweep.file": study.name}
@@ -91,18 +93,19 @@ def objective(study: Study, tracker: Tracker, parent_run_id: str, claim: context
 
 def _next(study: Study, opt: optuna.Study) -> Optional[dict]:
     """Under the claim lock: what to enqueue for the next trial, {} to run a trial already WAITING (left by an
-    interrupted claim), or None when n_trials count already. A grid study takes its first point that no counted
-    trial covers; other samplers choose their own values ({"params": {}})."""
+    interrupted claim), or None when the study's trials count already. A grid study takes its first point (look 1's
+    grid, then those later looks added) that no counted trial covers; other samplers choose their own values."""
     trials = [t for t in opt.get_trials(deepcopy=False) if stores.counts(t)]
     if any(t.state == TrialState.WAITING for t in trials):
         return {}
-    if len(trials) >= study.n_trials:
+    if len(trials) >= study.total():
         return None
     if study.sampler != "grid":
         return {"params": {}, "user_attrs": {}}
     taken = {t.user_attrs.get("grid_point") for t in trials}
-    return next(({"params": point, "user_attrs": {"grid_point": i}} for i, point in enumerate(study.grid())
-                 if i not in taken), None)
+    return next(({"params": {k: v for k, v in point.items() if k != "look"},
+                  "user_attrs": {"grid_point": i, "look": point["look"]}}
+                 for i, point in enumerate(study.points()) if i not in taken), None)
 
 
 def too_many_failures(study: Study, opt: optuna.Study) -> bool:
@@ -149,8 +152,9 @@ def main(study: Study, storage: str, study_name: str, parent_run_id: str, tracki
 
 
 def score_final(study: Study, storage: str, study_name: str, parent_run_id: str, tracking_uri: str) -> None:
-    """A process that scores the study's best recipe and the base recipe once each with the study file's `final`
-    overrides (the test folds), as children of the parent; per-fold scores go to the study's user attributes."""
+    """A process that scores the study's best recipe, the base recipe and a `final` control's recipe once each with
+    the study file's `final` overrides (the test folds), as children of the parent; per-fold scores and training
+    seconds go to the study's user attributes."""
     from lesson5.lifecycle import quiet_config
     from lesson5.run import run
 
@@ -159,14 +163,19 @@ def score_final(study: Study, storage: str, study_name: str, parent_run_id: str,
     swept = [p.override(best[p.key]) for p in study.space if p.key in best]
     tracker = Tracker(tracking_uri)
     try:
-        for label, overrides in (("best", swept), ("base", [])):
+        recipes = [("best", swept), ("base", [])]
+        if study.control is not None and study.control["kind"] == "final":
+            recipes.append(("control", list(study.control["overrides"])))
+        for label, overrides in recipes:
             # the finals keep their MLflow model: they are the study's answer
             result = run(quiet_config([*study.base, *overrides, *study.final, "tracking.log_model=true"], track=True,
                                       run_name=f"{study.name} final {label}"),
                          overrides=[*overrides, *study.final], tracker=tracker, parent_run_id=parent_run_id,
                          tags={"optuna.study": study_name, "sweep.final": label})
             folds = {name: m[study.metric] for name, m in result.folds.items()}
-            opt.set_user_attr(f"final.{label}", {"overrides": overrides, "folds": folds, "run_id": result.run_id})
+            seconds = {name: m["train_seconds"] for name, m in result.folds.items()}
+            opt.set_user_attr(f"final.{label}", {"overrides": overrides, "folds": folds, "seconds": seconds,
+                                                 "run_id": result.run_id})
     finally:
         tracker.close()
 
