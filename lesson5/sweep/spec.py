@@ -101,7 +101,9 @@ class Study:
 
     def points(self) -> list[dict[str, Any]]:
         """A grid study's points to run, in order: look 1's (the grid, up to n_trials), then those later looks
-        added; each has its params and "look"."""
+        added; each has its params and "look". [] for a sampler that picks its own points."""
+        if self.sampler != "grid":
+            return []
         return [{**p, "look": 1} for p in self.grid()[:self.n_trials]] + [dict(p) for p in self.added]
 
     def total(self) -> int:
