@@ -18,7 +18,7 @@ from lesson5.config import validate
 from lesson5.data import images
 from lesson5.errors import ConfigError, DataError
 from lesson5.models import GROUPS, vision
-from lesson5.run import run
+from lesson5.run import build_model, run
 from lesson5.stages import freeze
 
 
@@ -182,12 +182,16 @@ def test_a_tiny_two_stage_run_learns_and_logs_each_stage_in_one_run(tmp_path, mo
     steps = sorted(m.step for m in client.get_metric_history(result.run_id, "valid_accuracy"))
     assert len(steps) == 6 and steps == sorted(set(steps))  # one axis across both stages
 
-    # weights from that run, by id and by runs:/ URI, into a new model: the body matches, the head is new
+    # weights from that run, by id and by runs:/ URI, into a new model (the lifecycle fetches the run's
+    # weights.pt, the model reads the file): the body matches, the head is new
     for spec in (result.run_id, f"runs:/{result.run_id}"):
-        again = vision.build(validate(compose(["model=resnet34", f"model.weights={spec}"])).model,
-                             type("D", (), {"sizes": {"n_classes": 2}})(), uri)
+        conf = validate(compose(["model=resnet34", f"model.weights={spec}", f"tracking.uri={uri}"]))
+        again = build_model(conf, type("D", (), {"sizes": {"n_classes": 2}})(), torch.device("cpu"))
         torch.testing.assert_close(again.body.state_dict()["7.2.bn2.weight"],
                                    result.model.body.state_dict()["7.2.bn2.weight"].cpu())
+    missing = validate(compose(["model=resnet34", f"model.weights={'0' * 32}", f"tracking.uri={uri}"]))
+    with pytest.raises(ConfigError, match="model.weights=0+: could not get weights.pt of run"):
+        build_model(missing, type("D", (), {"sizes": {"n_classes": 2}})(), torch.device("cpu"))
 
 
 def test_efficientnet_lite0_takes_every_imagenet_weight_from_its_wheel():
