@@ -6,12 +6,14 @@ collab run computes it as it ends (`lesson5.lifecycle`) and `python -m lesson5.i
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 import torch
 
-MIN_RATINGS = 50  # as the lesson looks at the most-rated movies (its top 1000 of 1,682 have about 30 or more)
+MIN_RATINGS = 50  # a count threshold: 605 of MovieLens-100k's movies have 50 or more ratings
+LESSON_TOP = 1000  # the lesson's protocol: fastai's course-v3 notebook ranks the 1,000 most-rated movies
 
 
 def ratings(data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,16 +28,38 @@ def _stats(index: torch.Tensor, y: torch.Tensor, n: int) -> tuple[np.ndarray, np
     return (sums / counts.clamp(min=1)).numpy(), counts.numpy().astype(int)
 
 
-def bias_tables(model, data, min_ratings: int = MIN_RATINGS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(items, users): name, bias, mean_rating, n_ratings, sorted by bias, those under min_ratings left out."""
+def most_rated(count: np.ndarray, names, top: int) -> np.ndarray:
+    """The indices of the `top` most-rated items (index 0, the unknown-id slot, never), as the lesson picks them.
+
+    fastai's notebook takes `ratings.groupby('title')['rating'].count()` (titles in order), sorts it descending
+    and keeps the first 1000; its sort is not stable, so ties at the cut fall either way. Here the sort is stable
+    over the titles in order: a tie at the cut keeps the titles that come first.
+    """
+    by_title = sorted(range(1, len(count)), key=lambda i: str(names[i]))
+    ranked = sorted(by_title, key=lambda i: -count[i])  # stable: equal counts stay in title order
+    return np.array(sorted(ranked[:top]), dtype=int)
+
+
+def keep(count: np.ndarray, names, min_ratings: int = MIN_RATINGS, top: Optional[int] = None) -> np.ndarray:
+    """The item (or user) indices a table keeps: the `top` most-rated if `top` is given, those with at least
+    `min_ratings` ratings among them; never index 0."""
+    index = most_rated(count, names, top) if top is not None else np.arange(1, len(count))
+    return index[count[index] >= min_ratings]
+
+
+def bias_tables(model, data, min_ratings: int = MIN_RATINGS,
+                top: Optional[int] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(items, users): name, bias, mean_rating, n_ratings, sorted by bias; items under min_ratings left out, and
+    with `top`, every item but the `top` most-rated (the lesson's protocol: top=1000); users by min_ratings."""
     x, y = ratings(data)
     out = []
-    for col, name, vocab, bias in ((1, "title", data.vocab["items"], model.item_bias.weight),
-                                   (0, "user", data.vocab["users"], model.user_bias.weight)):
+    for col, name, vocab, bias, n in ((1, "title", data.vocab["items"], model.item_bias.weight, top),
+                                      (0, "user", data.vocab["users"], model.user_bias.weight, None)):
         mean, count = _stats(x[:, col], y, len(vocab))
         table = pd.DataFrame({name: vocab, "bias": bias.detach().cpu().squeeze(1).numpy(), "mean_rating": mean,
-                              "n_ratings": count}).iloc[1:]  # index 0 is the unknown-id slot
-        out.append(table[table.n_ratings >= min_ratings].sort_values("bias").reset_index(drop=True))
+                              "n_ratings": count})
+        out.append(table.iloc[keep(count, vocab, min_ratings, n)].sort_values("bias")
+                   .reset_index(drop=True))
     return out[0], out[1]
 
 
@@ -45,20 +69,20 @@ def spearman(table: pd.DataFrame) -> float:
     return float(table.bias.rank().corr(table.mean_rating.rank())) if len(table) >= 3 else float("nan")
 
 
-def pca(model, data, min_ratings: int = MIN_RATINGS, k: int = 3, ends: int = 10):
-    """(per-item components, explained variance ratios, the `ends` items at each end of each component)."""
+def pca(model, data, min_ratings: int = MIN_RATINGS, k: int = 3, ends: int = 10, top: Optional[int] = None):
+    """(per-item components, explained variance ratios, the `ends` items at each end of each component), over the
+    items `bias_tables` keeps."""
     x, y = ratings(data)
     _, count = _stats(x[:, 1], y, len(data.vocab["items"]))
-    keep = np.flatnonzero(count >= min_ratings)
-    keep = keep[keep > 0]
-    w = model.item_factors.weight.detach().cpu().double().numpy()[keep]
-    if len(keep) < k + 1:
+    kept = keep(count, data.vocab["items"], min_ratings, top)
+    w = model.item_factors.weight.detach().cpu().double().numpy()[kept]
+    if len(kept) < k + 1:
         return pd.DataFrame(columns=["title", "n_ratings", *[f"pc{i + 1}" for i in range(k)]]), [], pd.DataFrame()
     centred = w - w.mean(0)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     comps = centred @ vt[:k].T
     explained = (s[:k] ** 2 / (s**2).sum()).tolist()
-    table = pd.DataFrame({"title": [data.vocab["items"][i] for i in keep], "n_ratings": count[keep],
+    table = pd.DataFrame({"title": [data.vocab["items"][i] for i in kept], "n_ratings": count[kept],
                           **{f"pc{i + 1}": comps[:, i] for i in range(k)}})
     rows = []
     for i in range(k):
@@ -69,12 +93,13 @@ def pca(model, data, min_ratings: int = MIN_RATINGS, k: int = 3, ends: int = 10)
     return table, explained, pd.DataFrame(rows)
 
 
-def artifacts(model, data, min_ratings: int = MIN_RATINGS) -> tuple[dict[str, bytes], dict[str, float], pd.DataFrame]:
+def artifacts(model, data, min_ratings: int = MIN_RATINGS,
+              top: Optional[int] = None) -> tuple[dict[str, bytes], dict[str, float], pd.DataFrame]:
     """(files to log, metrics to log, the item table): the CSVs, and the JSON the plots are drawn from."""
-    items, users = bias_tables(model, data, min_ratings)
-    comps, explained, ends = pca(model, data, min_ratings)
+    items, users = bias_tables(model, data, min_ratings, top)
+    comps, explained, ends = pca(model, data, min_ratings, top=top)
     rho = spearman(items)
-    top = comps.sort_values("n_ratings").tail(40)
+    labelled = comps.sort_values("n_ratings").tail(40)
     extremes = pd.concat([items.head(5), items.tail(5)])
     files = {"interpret/item_bias.csv": items.to_csv(index=False).encode(),
              "interpret/user_bias.csv": users.to_csv(index=False).encode(),
@@ -86,7 +111,8 @@ def artifacts(model, data, min_ratings: int = MIN_RATINGS) -> tuple[dict[str, by
                  "labels": [[t, m, b] for t, m, b in zip(extremes.title, extremes.mean_rating, extremes.bias)],
              }).encode()}
     if len(explained) >= 2:
-        files["interpret/pca.json"] = json.dumps({"x": top.pc1.tolist(), "y": top.pc2.tolist(),
-                                                  "titles": top.title.tolist(), "explained": explained}).encode()
+        files["interpret/pca.json"] = json.dumps({"x": labelled.pc1.tolist(), "y": labelled.pc2.tolist(),
+                                                  "titles": labelled.title.tolist(),
+                                                  "explained": explained}).encode()
     metrics = {"interpret_spearman_bias_mean_rating": rho} if rho == rho else {}
     return files, metrics, items

@@ -1,8 +1,12 @@
-"""Apps: `lesson5-interpret <run id> [min_ratings=N] [tracking.uri=URI]` (or `python -m lesson5.interpret`): what a
-collab model learned, as the lesson reads it, logged to that run.
+"""Apps: `lesson5-interpret <run id> [top=N] [min_ratings=N] [tracking.uri=URI]` (or `python -m lesson5.interpret`):
+what a collab model learned, as the lesson reads it, logged to that run.
 
-- `interpret/item_bias.csv`: every item's `title`, `bias`, `mean_rating` and `n_ratings`, sorted by bias (items
-  with fewer than `min_ratings` ratings left out); the terminal shows the 15 lowest and the 15 highest.
+Which items: `top=1000` ranks the 1,000 most-rated items, the lesson's protocol (fastai's course-v3 notebook keeps
+the top 1000 of `ratings.groupby('title')['rating'].count()`); `min_ratings=N` leaves out items with fewer than N
+ratings (default 50 without `top`, 0 with it; both apply when both are given).
+
+- `interpret/item_bias.csv`: every kept item's `title`, `bias`, `mean_rating` and `n_ratings`, sorted by bias;
+  the terminal shows the 15 lowest and the 15 highest.
 - `interpret/user_bias.csv`: the same for users.
 - `interpret/pca.csv`: the items' 3 principal components of their factors, with `interpret/pca_ends.csv` (the 10
   items at each end of each component, and its share of the variance) and `interpret/pca.png` (the most-rated
@@ -23,20 +27,34 @@ from typing import Optional
 import pandas as pd
 
 from lesson5 import cli
-from lesson5.bias import MIN_RATINGS, artifacts
+from lesson5.bias import LESSON_TOP, MIN_RATINGS, artifacts
 from lesson5.errors import ConfigError
 
 SHOW = 15
 
 
-def show(items: pd.DataFrame, min_ratings: int, rho: float, file=None) -> None:
+def which(min_ratings: int, top: Optional[int] = None) -> str:
+    """The items a table keeps, in words: `the 1000 most-rated items`, `items with >= 50 ratings`."""
+    words = [f"the {top} most-rated items"] if top is not None else []
+    if min_ratings > 0 or top is None:
+        words.append(f"{'those' if words else 'items'} with >= {min_ratings} ratings")
+    return ", ".join(words)
+
+
+def min_ratings_for(min_ratings: Optional[int], top: Optional[int]) -> int:
+    """min_ratings= as given, else 50 without top= and 0 with it (the lesson's protocol has no count threshold)."""
+    return min_ratings if min_ratings is not None else (MIN_RATINGS if top is None else 0)
+
+
+def show(items: pd.DataFrame, min_ratings: int, rho: float, file=None, top: Optional[int] = None) -> None:
     """The lesson's two tables: the 15 lowest and the 15 highest biases."""
     file = file or sys.stdout
     if items.empty:
-        print(f"No item has {min_ratings} or more ratings: the table is empty. Lower min_ratings=.", file=file)
+        print(f"No item is among {which(min_ratings, top)}: the table is empty. Lower min_ratings= or raise top=.",
+              file=file)
         return
     with pd.option_context("display.width", 120, "display.max_colwidth", 45):
-        print(f"Lowest item biases (items with >= {min_ratings} ratings):", file=file)
+        print(f"Lowest item biases ({which(min_ratings, top)}):", file=file)
         print(items.head(SHOW).to_string(index=False, float_format="{:.3f}".format), file=file)
         print("\nHighest item biases:", file=file)
         print(items.tail(SHOW)[::-1].to_string(index=False, float_format="{:.3f}".format), file=file)
@@ -47,10 +65,12 @@ COMMAND = cli.Command(
     name="lesson5-interpret", module="lesson5.interpret",
     summary="what a finished collab run's model learned, as the lesson reads it (its biases, the principal "
             "components of its factors), printed and logged to that run as CSVs and plots.",
-    example="0123456789abcdef0123456789abcdef min_ratings=100",
+    example=f"0123456789abcdef0123456789abcdef top={LESSON_TOP}",
     arguments=(("run_id", "the MLflow run id of a finished collab run"),),
-    options=(cli.Option("min_ratings", int, "leave out items with fewer ratings than this", default=MIN_RATINGS,
-                        low=0),
+    options=(cli.Option("top", int, f"rank only the N most-rated items ({LESSON_TOP}: the lesson's protocol)",
+                        low=1),
+             cli.Option("min_ratings", int, f"leave out items with fewer ratings than this ({MIN_RATINGS} without "
+                                            "top=, 0 with it)", low=0),
              cli.Option("tracking.uri", str, "the MLflow store that holds the run (default: lesson5's, "
                                              "sqlite:///mlflow.db in this folder)")))
 
@@ -60,7 +80,8 @@ def _interpret(args) -> int:
 
     try:
         loaded = load_run(args.run_id, args.tracking_uri, kind="collab")
-        files, metrics, items = artifacts(loaded.model, loaded.data, args.min_ratings)
+        min_ratings = min_ratings_for(args.min_ratings, args.top)
+        files, metrics, items = artifacts(loaded.model, loaded.data, min_ratings, args.top)
         from lesson5 import plots
 
         tables = {k: json.loads(v) for k, v in files.items() if k.endswith(".json")}
@@ -68,7 +89,7 @@ def _interpret(args) -> int:
         loaded.log(files, metrics)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    show(items, args.min_ratings, metrics.get("interpret_spearman_bias_mean_rating", float("nan")))
+    show(items, min_ratings, metrics.get("interpret_spearman_bias_mean_rating", float("nan")), top=args.top)
     print(f"\nLogged {', '.join(sorted(files))} to run {args.run_id}.")
     return 0
 

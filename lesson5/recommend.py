@@ -1,9 +1,10 @@
-"""Apps: `lesson5-recommend <run id> user=<id>|new [k=10] [min_ratings=50] [tracking.uri=URI]` (or `python -m
-lesson5.recommend`): recommendations from a trained collab run.
+"""Apps: `lesson5-recommend <run id> user=<id>|new [k=10] [min_ratings=50] [top=N] [tracking.uri=URI]` (or
+`python -m lesson5.recommend`): recommendations from a trained collab run.
 
 - A known user: the top-k items they have not rated, by predicted rating.
 - `user=new`: the lesson's cold-start advice, with nothing known of the user but the movies: the top-k items by
-  learned bias among well-rated ones (at least `min_ratings` ratings), the movies liked whatever the viewer's taste.
+  learned bias among well-rated ones (at least `min_ratings` ratings; with `top=N`, among the N most-rated, as
+  `lesson5-interpret` picks them), the movies liked whatever the viewer's taste.
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ def for_user(loaded, user: str, k: int = 10) -> pd.DataFrame:
                          "predicted_rating": top.values.numpy()})
 
 
-def for_new_user(loaded, k: int = 10, min_ratings: int = 50) -> pd.DataFrame:
-    """The cold-start list: the top-k items by bias among items with at least min_ratings ratings."""
+def for_new_user(loaded, k: int = 10, min_ratings: int = 50, top: Optional[int] = None) -> pd.DataFrame:
+    """The cold-start list: the top-k items by bias among items with at least min_ratings ratings (and among the
+    `top` most-rated, if given)."""
     from lesson5.bias import bias_tables
 
-    items, _ = bias_tables(loaded.model, loaded.data, min_ratings)
+    items, _ = bias_tables(loaded.model, loaded.data, min_ratings, top)
     return items.sort_values("bias", ascending=False).head(k).reset_index(drop=True)
 
 
@@ -56,6 +58,7 @@ COMMAND = cli.Command(
              cli.Option("k", int, "how many items to list", default=10, low=0),
              cli.Option("min_ratings", int, "user=new: only items with at least this many ratings", default=50,
                         low=0),
+             cli.Option("top", int, "user=new: only the N most-rated items (1000: the lesson's protocol)", low=1),
              cli.Option("tracking.uri", str, "the MLflow store that holds the run (default: lesson5's, "
                                              "sqlite:///mlflow.db in this folder)")))
 
@@ -65,7 +68,7 @@ def _recommend(args) -> int:
 
     try:
         loaded = load_run(args.run_id, args.tracking_uri, kind="collab")
-        table = (for_new_user(loaded, args.k, args.min_ratings) if args.user == "new"
+        table = (for_new_user(loaded, args.k, args.min_ratings, args.top) if args.user == "new"
                  else for_user(loaded, args.user, args.k))
     except ValueError as e:
         raise ConfigError(str(e)) from None
