@@ -10,7 +10,7 @@ import sys
 from lesson5.process import fast_exit, pause_gc, resume_gc
 
 # Start-up (hydra, torch, torch.optim's dynamo, pandas) makes ~600k objects: the collector stays off until the fit
-# starts (_resume_gc_at_fit), then everything made so far is frozen out of its scans.
+# starts (ResumeGc), then everything made so far is frozen out of its scans.
 pause_gc()
 
 import hydra  # noqa: E402

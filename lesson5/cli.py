@@ -11,6 +11,7 @@ keys and an example. Exit codes, the same for every entry point: 0 done, 2 refus
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -19,6 +20,8 @@ from types import SimpleNamespace
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
 from lesson5.config import CONF_DIR, Config, searchpath
 from lesson5.errors import Lesson5Error
@@ -66,6 +69,9 @@ class Option:
     def parse(self, text: str) -> Any:
         """The typed value of `key=text`, or a UsageError naming the key and what it takes."""
         bad = UsageError(f"{self.key}={text}: expected {self.allowed()}")
+        if not text.strip():
+            raise UsageError(f"{self.key}= is empty: give {self.allowed()}" + (f" (default {self.default})"
+                                                                              if self.default is not None else ""))
         if self.type is bool:
             if text.lower() not in _TRUE + _FALSE:
                 raise bad
@@ -240,12 +246,19 @@ def run(command: Command, argv: Optional[Sequence[str]], body: Callable[[SimpleN
     except UsageError as e:
         print(f"error: {e}\n\n{command.usage()}\n\n{command.name} --help shows an example.", file=sys.stderr)
         return REFUSED
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout`, `scancel`, a container's stop: as Ctrl-C
     try:
         code = body(args)
-    except Lesson5Error as e:
+    except (Lesson5Error, HydraException, OmegaConfBaseException) as e:  # Hydra's: an override it cannot compose
         print(f"error: {e}", file=sys.stderr)
         return REFUSED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return DONE if code is None else code
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt

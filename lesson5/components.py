@@ -171,7 +171,7 @@ def load_plugins() -> Optional[ConfigError]:
     for module in filter(None, (m.strip() for m in value.split(","))):
         try:
             importlib.import_module(module)
-        except ImportError as e:
+        except Exception as e:  # noqa: BLE001 - not found, a syntax error, a declaration refused: all the plugin's
             return ConfigError(f"{PLUGINS_ENV}={value}: cannot import {module} ({e}). Put its folder on PYTHONPATH "
                                f"(or install it), or remove it from {PLUGINS_ENV}.")
     return None

@@ -12,12 +12,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 Series = dict[str, list[tuple[int, float]]]
-MAX_POINTS = 2000  # per line; a 700-pixel-wide PNG shows no more, and drawing 7,000 costs ~0.1 s as each run ends
+MAX_POINTS = 2000  # per line: a 700-pixel-wide PNG shows no more, and drawing more delays each run's end
 
 
 def fixed_margins(fig) -> None:
-    """Fixed margins that fit these plots' labels: tight_layout would lay all the text out twice (~40 ms a plot,
-    spent while the command waits for its run to close)."""
+    """Fixed margins that fit these plots' labels: tight_layout would lay all the text out twice, while the
+    command waits for its run to close."""
     fig.subplots_adjust(left=0.12, right=0.87, bottom=0.12, top=0.92)
 
 

@@ -142,3 +142,30 @@ def test_the_lesson5_command_shares_the_style(tmp_path):
     mine = _user_config(tmp_path / "myconf")
     shown = _lesson5("--config-dir", str(mine), "experiment=mine", "--cfg", "job", cwd=tmp_path)
     assert shown.returncode == 0 and "n_factors: 7" in shown.stdout, shown.stderr
+
+
+@pytest.mark.parametrize("module, args, says", [
+    ("lesson5.lr_find", ["model=nope"], "Could not find 'model/nope'"),
+    ("lesson5.lr_find", ["trainer.epochs=abc"], "trainer.epochs=abc"),
+    ("lesson5.transfer", ["model=nope"], "Could not find 'model/nope'"),
+    ("lesson5.reproduce", ["model=nope"], "Could not find 'model/nope'"),
+    ("lesson5.sweep.__main__", ["n_factors", "storage="], "storage= is empty"),
+    ("lesson5.sync", ["to="], "to= is empty"),
+])
+def test_an_override_hydra_cannot_compose_or_an_empty_value_exits_2(module, args, says, capsys, tmp_path,
+                                                                      monkeypatch):
+    """Refused before anything runs, with Hydra's own words or the key, not a traceback (the review's inputs)."""
+    monkeypatch.chdir(tmp_path)
+    assert _main(module)(args) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_sigterm_ends_a_command_as_interrupted(capsys):
+    """`timeout`, `scancel` and a container's stop send SIGTERM: every command ends it as Ctrl-C (exit 130)."""
+    import signal
+
+    def body(args):
+        signal.raise_signal(signal.SIGTERM)
+
+    assert cli.run(cli.Command("lesson5-x", "lesson5.x", "test", ""), [], body) == cli.INTERRUPTED
+    assert signal.getsignal(signal.SIGTERM) is not cli._interrupt  # the caller's handler is back

@@ -6,7 +6,6 @@ any other key=value is a Hydra override for every trial. Every machine of a shar
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from types import SimpleNamespace
 from typing import Optional
 
@@ -46,5 +45,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    mp.freeze_support()
     raise SystemExit(main())

@@ -39,6 +39,9 @@ def is_url(storage: str) -> bool:
 def open_storage(storage: str):
     """An Optuna storage for a journal path or a database URL; an unreachable one raises ConfigError."""
     if not is_url(storage):
+        if not storage.strip() or Path(storage).is_dir():
+            raise ConfigError(f"storage={storage!r}: give a journal file (default {DEFAULT_JOURNAL}) or a database "
+                              f"URL such as postgresql://user:pass@host/db")
         folder = Path(storage).resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise ConfigError(f"storage={storage}: folder {folder} does not exist or is not writable")
