@@ -27,6 +27,7 @@ COMMAND = cli.Command(
         cli.Option("study_name", str, "the study's name in the storage (default: the file's name)"),
         cli.Option("resume", bool, "continue a study that already has trials", default=False),
         cli.Option("pruner", str, "stop poor trials early (default: the study file's)", choices=spec.PRUNERS),
+        cli.Option("progress", bool, "show trials done, the best so far and the time left as they run", default=True),
     ),
     overrides="every trial")
 
@@ -36,7 +37,7 @@ def _sweep(args: SimpleNamespace) -> int:
 
     sweep = Sweep.prepare(args.study, args.overrides, n_trials=args.n_trials, workers=args.workers,
                           storage=args.storage, study_name=args.study_name, resume=args.resume, pruner=args.pruner)
-    return sweep.run()
+    return sweep.run(progress=args.progress)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -11,12 +11,17 @@ driver of another machine sharing the study, runs the same ones.
 Every machine of a shared study runs this. The parent run's id is kept in the Optuna study (a user attribute),
 and is created under the study's lock, so machines that start together share one parent. The driver imports
 Optuna and MLflow, never torch: trials run in the worker processes.
+
+While its workers run, the driver shows the study's progress (`lesson5.sweep.progress`), read from the storage, so
+that it counts every machine's trials; it ends with the commands that open the study in MLflow and in
+optuna-dashboard.
 """
 
 from __future__ import annotations
 
 import itertools
 import pickle
+import shlex
 import socket
 import subprocess
 import sys
@@ -32,9 +37,21 @@ from lesson5.errors import ConfigError
 from lesson5.process import start_module
 from lesson5.sweep import spec as specs
 from lesson5.sweep import storage as stores
+from lesson5.sweep.progress import Progress, dashboard_command
 from lesson5.sweep.spec import Study
 from lesson5.sweep.verdict import SEED, more_seeds
-from lesson5.tracking.store import check_reachable, experiment_id, fail_run, log_summary, open_client, resolve_uri
+from lesson5.tracking.store import (
+    check_reachable,
+    experiment_id,
+    fail_run,
+    log_summary,
+    open_client,
+    quiet_console,
+    resolve_uri,
+    run_link,
+    source_tags,
+    ui_command,
+)
 
 PARENT_ATTR = "mlflow_parent_run_id"
 ADDED_ATTR = "added_points"  # the points later looks added, each with its look
@@ -81,6 +98,7 @@ class Sweep:
     experiment: str
     opt: optuna.Study
     parent_run_id: Optional[str] = None
+    progress: Optional[Progress] = None  # the live display, while the workers run (run(progress=True))
 
     @classmethod
     def prepare(cls, name: str, overrides: list[str] = (), *, n_trials: Optional[int] = None, workers: int = 1,
@@ -139,6 +157,7 @@ class Sweep:
         return opt
 
     def _client(self):
+        quiet_console()  # before any run ends here or in a worker: they inherit it
         return open_client(self.tracking_uri)
 
     def _parent(self) -> str:
@@ -153,7 +172,8 @@ class Sweep:
             s = self.study
             run = client.create_run(exp_id, run_name=f"study {self.study_name}", tags={
                 "optuna.study": self.study_name, "sweep.file": s.name, "sweep.claim": s.claim[:5000],
-                "mlflow.note.content": f"Optuna study {self.study_name} ({s.path.name}): {s.claim}"})
+                "mlflow.note.content": f"Optuna study {self.study_name} ({s.path.name}): {s.claim}",
+                **source_tags()})
             params = {"sampler": s.sampler, "pruner": s.pruner["name"], "n_trials": s.n_trials, "objective":
                       f"{s.direction} {s.metric}", "seeds": s.seeds, "max_seeds": s.max_seeds, "looks": s.looks,
                       "rule": s.rule, "control": s.control, "base": " ".join(s.base) or "(none)",
@@ -163,31 +183,91 @@ class Sweep:
             self.opt.set_user_attr(PARENT_ATTR, run.info.run_id)
             return run.info.run_id
 
-    def run(self) -> int:
-        """Start the workers and wait for them, look after look, then close the parent run if the study is
-        complete."""
+    def run(self, progress: bool = True) -> int:
+        """Start the workers and wait for them, look after look, showing the study's progress (unless
+        `progress=False`), then close the parent run if the study is complete."""
         from lesson5.sweep.worker import too_many_failures
 
         s = self.study
         looks = f", up to {s.looks} looks (seeds added up to {s.max_seeds})" if s.looks > 1 else ""
         print(f"study {self.study_name}: {s.n_trials} trials{looks}, {self.workers} worker(s) on "
               f"{socket.gethostname()}, storage {self.storage}; MLflow parent run {self.parent_run_id} in "
-              f"{self.tracking_uri}", file=sys.stderr)
+              f"{self.tracking_uri}\nwatch it live: {dashboard_command(self.storage)}", file=sys.stderr)
+        if progress:
+            self.progress = Progress(read=lambda: self.opt.get_trials(deepcopy=False), total=s.total,
+                                     metric=s.metric, direction=s.direction,
+                                     by_seed=s.sampler == "grid" and (len(s.seeds) > 1 or s.looks > 1),
+                                     where=f"storage {self.storage}", prefix=f"study {self.study_name}: ")
         start = time.perf_counter()
-        while True:
-            interrupted, crashed = self._work()
-            if interrupted or crashed or not self._complete() or too_many_failures(s, self.opt) \
-                    or not self._next_look():
-                break
+        try:
+            while True:
+                interrupted, crashed = self._work()
+                if interrupted or crashed or not self._complete() or too_many_failures(s, self.opt) \
+                        or not self._next_look():
+                    break
+        except KeyboardInterrupt:  # Ctrl-C between looks: the workers are done
+            interrupted, crashed = True, []
+        except Exception as e:  # noqa: BLE001 - the storage went away: anything its driver raises
+            if self._storage_error() is None:
+                raise
+            return self._lost(e)
+        if self.progress is not None:
+            self.progress.close()
+        if (lost := self._storage_error()) is not None:
+            return self._lost(lost)
         return self._finish(time.perf_counter() - start, interrupted, crashed)
 
+    def _say(self, text: str, file=sys.stderr) -> None:
+        """A line of the driver's, above the progress display."""
+        if self.progress is not None:
+            self.progress.clear()
+        print(text, file=file, flush=True)
+
+    def _storage_error(self) -> Optional[str]:
+        """Why the study's storage cannot be read now, None when it can."""
+        try:
+            self.opt.get_trials(deepcopy=False)
+            return None
+        except Exception as e:  # noqa: BLE001 - any storage driver's error
+            return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+
+    def _resume_command(self) -> str:
+        """This command again, with resume=true."""
+        args = [a for a in sys.argv[1:] if not a.startswith("resume=")]
+        from lesson5 import naming
+
+        return " ".join([naming.source_name(), *map(shlex.quote, args), "resume=true"])
+
+    def _lost(self, why) -> int:
+        """The study's storage cannot be read: say so, and how to continue, without a traceback. The parent run is
+        closed as KILLED if its store still answers."""
+        reason = why if isinstance(why, str) else f"{type(why).__name__}: {(str(why).splitlines() or [''])[0]}"
+        if self.progress is not None:
+            self.progress.clear()
+        try:
+            client = self._client()
+            client.set_tag(self.parent_run_id, "stop_reason", f"storage lost ({reason[:300]}); resume=true "
+                                                              f"continues the study")
+            client.set_terminated(self.parent_run_id, "KILLED")
+        except Exception:  # noqa: BLE001 - the MLflow store went with it: its run stays RUNNING until resumed
+            pass
+        print(f"error: the study's storage {self.storage} cannot be read ({reason}). Its finished trials are kept "
+              f"there; when it is back, continue the study with:\n  {self._resume_command()}", file=sys.stderr)
+        return 1
+
     def _work(self) -> tuple[bool, list]:
-        """Run this machine's workers until the study's points are claimed: (interrupted, crashed exit codes)."""
+        """Run this machine's workers until the study's points are claimed: (interrupted, crashed exit codes).
+        While they run, the progress display polls the storage whenever it is due (`Progress.wait_s`)."""
         interrupted = False
         procs = [self._start("main") for _ in range(self.workers)]
         try:
             for p in procs:
-                p.wait()
+                while True:
+                    try:
+                        p.wait(timeout=self.progress.wait_s() if self.progress is not None else None)
+                        break
+                    except subprocess.TimeoutExpired:
+                        self.progress.poll()
         except KeyboardInterrupt:  # the workers got Ctrl-C too: let them close their runs and trials
             interrupted = True
             for p in procs:
@@ -221,9 +301,9 @@ class Sweep:
             s.added = [*s.added, *new]
             self.opt.set_user_attr(ADDED_ATTR, s.added)
         values = sorted({str(p[s.rule["param"]]) for p in new if s.rule.get("param") in p})
-        print(f"study {self.study_name}: look {look + 1} of {s.looks}: {len(new)} more trials (seeds "
-              f"{sorted({p[SEED] for p in new})}" + (f"; {s.rule['param']} {', '.join(values)}" if values else "")
-              + ")", file=sys.stderr)
+        self._say(f"study {self.study_name}: look {look + 1} of {s.looks}: {len(new)} more trials (seeds "
+                  f"{sorted({p[SEED] for p in new})}" + (f"; {s.rule['param']} {', '.join(values)}" if values else "")
+                  + ")")
         return True
 
     def _start(self, entry: str) -> subprocess.Popen:
@@ -272,4 +352,12 @@ class Sweep:
         client.log_metric(self.parent_run_id, "sweep_wall_seconds", wall)
         client.set_terminated(self.parent_run_id, "FINISHED")
         print(f"{result.verdict.result}: {result.verdict.summary}\nreport: {result.markdown_path}")
+        print(self.links(client.get_run(self.parent_run_id).info.experiment_id))
         return 0
+
+    def links(self, experiment_id: str) -> str:
+        """Where to look at the study: its parent run in the MLflow UI (the command that serves a local store,
+        and the run's page in the model-training view), and optuna-dashboard on its storage."""
+        link, serve = run_link(self.tracking_uri, experiment_id, self.parent_run_id), ui_command(self.tracking_uri)
+        opened = f"MLflow: open {link}" if serve.startswith("open ") else f"MLflow: {serve}\n  then open {link}"
+        return f"{opened}\nOptuna: {dashboard_command(self.storage)}"

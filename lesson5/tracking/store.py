@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -43,6 +44,40 @@ def ui_link(uri: str, experiment_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the model-training view (`workflowType=machine_learning`, as `ui_link`)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def git_commit() -> str:
+    """The commit lesson5 runs from, or `unknown` (an installed wheel, no git)."""
+    import lesson5
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(lesson5.__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own Source columns for a run this process makes directly (a study's parent run): the command,
+    LOCAL, and the git commit, as `lifecycle.standard_tags` gives every training run."""
+    from lesson5 import naming
+
+    return {"mlflow.source.name": naming.source_name(), "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": git_commit()}
+
+
+def quiet_console() -> None:
+    """No "🏃 View run ... / 🧪 View experiment ..." lines from MLflow when a run on a server ends: a sweep's
+    trials would print two each. lesson5 prints its own links. Set before MLflow ends a run; a user's own setting
+    wins. Processes started after this (a sweep's workers and their writers) inherit it."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any training, on a store that cannot work."""
     if uri.startswith("sqlite:///"):
@@ -71,6 +106,7 @@ def open_client(uri: str):
     that processes starting together on a new store, on one machine or many, take turns."""
     from mlflow import MlflowClient
 
+    quiet_console()
     with store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)  # the first touch sets the store up, and reports a bad one now
@@ -103,6 +139,7 @@ def client(uri: str):
     """A plain MlflowClient on `uri`, for reading and adding to runs that exist (open_client sets a store up)."""
     from mlflow import MlflowClient
 
+    quiet_console()
     return MlflowClient(uri)
 
 

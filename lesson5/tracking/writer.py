@@ -41,7 +41,7 @@ from lesson5.tracking.messages import (
     StartRun,
 )
 from lesson5.tracking.spool import ROOT, Known, Spool
-from lesson5.tracking.store import experiment_id, fail_fast_http, fail_run, log_files, open_client
+from lesson5.tracking.store import experiment_id, fail_fast_http, fail_run, log_files, open_client, quiet_console
 
 PER_CALL = {"metrics": 1000, "params": 100}  # MLflow's log_batch limits
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's system tag for nested runs
@@ -315,6 +315,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it then closes the runs
     pause_gc()  # until _plots: MLflow's and matplotlib's imports make ~200k objects
     fail_fast_http()
+    quiet_console()
     inp, out = _channel()
     try:
         settings = Pipe(inp).get()

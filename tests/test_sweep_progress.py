@@ -1,0 +1,167 @@
+"""The live progress of a sweep (lesson5.sweep.progress), fed fabricated trials and a fake clock: what it counts,
+the best so far, the ETA, how it draws on a terminal and in a log, and a storage that cannot be read."""
+
+import io
+import math
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from lesson5.sweep import progress
+from lesson5.sweep.progress import Progress, best_so_far, duration, render, snapshot
+
+
+def trial(number, state="COMPLETE", value=None, outcome="finished", **params):
+    params = {k.replace("__", "."): v for k, v in params.items()}
+    return SimpleNamespace(number=number, state=state, value=value, params=params,
+                           user_attrs={} if outcome is None else {"outcome": outcome})
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def make(trials, total=10, tty=False, **kw):
+    out, clock = io.StringIO(), Clock()
+    p = Progress(read=lambda: trials, total=lambda: total, metric="valid_rmse", stream=out, tty=tty, clock=clock,
+                 **kw)
+    return p, out, clock
+
+
+def test_the_counts_say_what_the_storage_holds():
+    trials = [trial(0, value=0.9), trial(1, "PRUNED"), trial(2, "FAIL", outcome="error"),
+              trial(3, "FAIL", outcome=None),  # lost: run again, so not done
+              trial(4, "RUNNING"), trial(5, "RUNNING"), trial(6, "WAITING")]
+    s = snapshot(trials, total=8)
+    assert (s.done, s.complete, s.pruned, s.failed, s.running, s.total) == (3, 1, 1, 2, 2, 8)
+    assert s.best.value == 0.9 and s.best.number == 0
+
+
+def test_optunas_own_trials_are_read_too():
+    study = optuna.create_study(direction="maximize")
+    for x in (0.2, 0.7, 0.5):
+        study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions={
+            "x": optuna.distributions.FloatDistribution(0, 1)}, value=x))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED))
+    s = snapshot(study.get_trials(deepcopy=False), total=5, direction="maximize")
+    assert (s.done, s.complete, s.pruned) == (4, 3, 1)
+    assert s.best.value == 0.7 and s.best.params == {"x": 0.7} and s.best.number == 1
+
+
+def test_the_best_of_a_grid_with_seeds_is_a_setting_by_its_mean_and_std():
+    trials = [trial(0, value=0.90, model__n_factors=40, trainer__seed=0),
+              trial(1, value=0.92, model__n_factors=40, trainer__seed=1),
+              trial(2, value=0.89, model__n_factors=10, trainer__seed=0),  # the best single trial...
+              trial(3, value=0.95, model__n_factors=10, trainer__seed=1),  # ...but not the best mean
+              trial(4, value=float("nan"), model__n_factors=80, trainer__seed=0)]  # never the best
+    best = best_so_far(trials, "minimize", by_seed=True)
+    assert best.params == {"model.n_factors": 40} and best.n == 2
+    assert best.value == pytest.approx(0.91) and best.std == pytest.approx(math.sqrt(2) * 0.01)
+    line = render(snapshot(trials, 8, by_seed=True), 75, 150, "valid_rmse")
+    assert "best valid_rmse 0.9100 ± 0.0141 (2 seeds) at n_factors=40" in line
+    assert best_so_far(trials, "minimize", by_seed=False).number == 2
+    assert best_so_far(trials, "maximize", by_seed=True).params == {"model.n_factors": 10}
+    assert best_so_far([trial(0, "PRUNED")], "minimize", True) is None
+
+
+def test_the_line_has_done_total_running_pruned_failed_elapsed_eta_and_best():
+    trials = [trial(0, value=0.9), trial(1, "PRUNED"), trial(2, "RUNNING")]
+    line = render(snapshot(trials, 6), 134, 220, "valid_rmse")
+    assert line.startswith("2/6 trials, 1 running, 1 pruned, 0 failed | 2m14s, ETA 3m40s | best valid_rmse 0.9000")
+    assert "ETA ?" in render(snapshot([], 6), 3, None, "valid_rmse")
+    assert "none yet" in render(snapshot([], 6), 3, None, "valid_rmse")
+    assert [duration(s) for s in (0, 42, 185, 3720)] == ["0s", "42s", "3m05s", "1h02m"]
+
+
+def test_the_eta_counts_the_rate_of_this_sweep_only():
+    trials = [trial(i, value=1.0) for i in range(4)]  # a resumed study: 4 done before this sweep
+    p, out, clock = make(trials, total=10)
+    p.poll()
+    assert "ETA ?" in out.getvalue()
+    clock.t += 60
+    trials += [trial(4, value=1.0), trial(5, value=1.0)]  # 2 trials in 60 s: 4 left take 120 s
+    p.poll()
+    assert out.getvalue().splitlines()[-1].startswith("6/10 trials") and "ETA 2m00s" in out.getvalue()
+
+
+def test_a_log_gets_a_plain_line_every_n_trials_or_every_30_s():
+    trials = []
+    p, out, clock = make(trials, total=20, every_n=2)
+    assert p.poll() is not None  # the first reading is always shown
+    trials.append(trial(0, value=1.0))
+    clock.t += 5
+    assert p.poll() is None  # one trial since the last line, and 5 s
+    trials.append(trial(1, value=1.0))
+    clock.t += 5
+    assert p.poll().startswith("2/20")  # two trials
+    clock.t += 29
+    assert p.poll() is None
+    clock.t += 2
+    assert p.poll().startswith("2/20")  # 30 s since the last line
+    assert "\r" not in out.getvalue() and len(out.getvalue().splitlines()) == 3
+    trials.append(trial(2, value=0.5))
+    p.close()  # the last reading is printed, once
+    assert out.getvalue().splitlines()[-1].startswith("3/20") and len(out.getvalue().splitlines()) == 4
+
+
+def test_a_terminal_redraws_one_line_in_place():
+    trials = [trial(0, "RUNNING")]
+    p, out, clock = make(trials, total=4, tty=True)
+    p.poll()
+    trials[0] = trial(0, value=0.8)
+    clock.t += 3
+    p.poll()
+    p.say("look 2 of 2: 2 more trials")
+    p.poll()
+    p.close()
+    text = out.getvalue()
+    assert text.count("\n") == 2 and text.endswith("\n")  # the caller's line and the last one
+    assert text.startswith("\r0/4 trials, 1 running") and "\r1/4 trials" in text
+    assert "\r\x1b[Klook 2 of 2: 2 more trials\n" in text
+
+
+def test_polls_are_spaced_by_the_interval_and_by_their_own_cost():
+    clock = Clock()
+
+    def slow_read():
+        clock.t += 0.05  # a slow database: 50 ms a poll
+        return []
+
+    p = Progress(read=slow_read, total=lambda: 3, stream=io.StringIO(), tty=False, clock=clock)
+    assert p.wait_s() == 0
+    p.poll()
+    assert p.wait_s() == pytest.approx(progress.BUDGET * 0.05)  # 10 s: 0.5% of the driver's time at most
+    fast = Progress(read=lambda: [], total=lambda: 3, stream=io.StringIO(), tty=False, clock=clock)
+    fast.poll()
+    assert fast.wait_s() == pytest.approx(progress.INTERVAL_S)
+
+
+def test_a_lost_storage_is_a_message_and_the_display_comes_back():
+    state = {"up": True}
+    trials = [trial(0, value=1.0)]
+
+    def read():
+        if not state["up"]:
+            raise OSError("could not connect to server: Connection refused\n\tIs the server running?")
+        return trials
+
+    p, out, clock = make(trials, total=4, where="storage postgresql://db/lesson5")
+    p.read = read
+    p.poll()
+    state["up"] = False
+    for _ in range(3):
+        clock.t += 10
+        p.poll()  # no traceback; said once while the reason stays the same
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith("cannot read storage postgresql://db/lesson5 (OSError: could not connect to server")
+    assert "resume=true" in lines[1]
+    state["up"] = True
+    clock.t += 10
+    assert p.poll().startswith("1/4 trials")  # back: shown at once
