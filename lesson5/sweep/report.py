@@ -1,7 +1,8 @@
 """Services (the sweep engine): a study's report, from its results table (`lesson5.sweep.table`): the verdicts on
 its claim and on its control, how they were reached (paired intervals, the looks and their levels), each value's
 scores, the best trials, the parameters' importances and a plot per swept parameter. Written as Markdown (and
-PNGs) under `sweeps/results/`, and logged to the study's parent run when there is one.
+PNGs) under `sweeps/results/`, and logged to the study's parent run when there is one, with Optuna's own views of
+the study (`lesson5.sweep.study_plots`) beside it.
 
 The report is a function of the table and the study file only: no date, host or wall time that is not in the
 table, and Optuna's fANOVA importances with a fixed seed, so that `python -m lesson5.report <study>` rebuilds the
@@ -302,8 +303,14 @@ def write(source: Union[Table, optuna.Study], study: Study, *, name: Optional[st
     for png_name, png in rep.plots.items():
         (out_dir / png_name).write_bytes(png)
     if client is not None and parent_run_id is not None:
+        from lesson5.sweep import study_plots
+
         names = [rep.markdown_path.name, *rep.plots, *([table_path.name] if table_path else [])]
-        log_files(client, parent_run_id, {f"report/{n}": (out_dir / n).read_bytes() for n in names})
+        # Optuna's own views, on the parent run only: drawn from the live study (pruned trials, times) when given
+        opt = source if isinstance(source, optuna.Study) else tables.optuna_study(table, study)
+        views = study_plots.draw(opt, study, name)
+        log_files(client, parent_run_id, {**{f"report/{n}": (out_dir / n).read_bytes() for n in names},
+                                          **{f"report/{n}": png for n, png in views.items()}})
         count = state_counts(table.trials())
         metrics = {f"trials_{state.lower()}": n for state, n in count.items()}
         done = table.trials("COMPLETE")
