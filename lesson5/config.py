@@ -354,6 +354,10 @@ class TrackingConf:
     log_every_n_steps: int = rule(lambda v: v >= 1, "an integer >= 1", 10)
     # Per-step values are sent to the writer in chunks of this many steps.
     flush_every: int = rule(lambda v: v >= 1, "an integer >= 1", 256)
+    # MLflow's system metrics (CPU, memory, disk, network; GPUs with nvidia-ml-py), sampled by the writer process
+    # every 10 s into the run's "System metrics" tab: auto for fine-tuning (runs in stages, resnet34, efficientnet:
+    # minutes long), true for every run, false for none.
+    system_metrics: str = rule(lambda v: str(v).lower() in ("auto", "true", "false"), "auto, true or false", "auto")
 
 
 @dataclass

@@ -45,6 +45,17 @@ from lesson5.tracking.store import experiment_id, fail_fast_http, fail_run, log_
 
 PER_CALL = {"metrics": 1000, "params": 100}  # MLflow's log_batch limits
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's system tag for nested runs
+FINE_TUNING = ("resnet34", "efficientnet_lite0")  # tracking.system_metrics=auto: their runs take minutes
+SYSTEM_METRICS_S = 10  # MLflow's sampling interval (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it)
+
+
+def wants_system_metrics(params: dict[str, str]) -> bool:
+    """Whether a run gets MLflow's system metrics, from its logged config: `tracking.system_metrics` true, or auto
+    (the default) for fine-tuning: a run in stages, or a fine-tuning model."""
+    setting = str(params.get("tracking.system_metrics", "false")).lower()
+    if setting != "auto":
+        return setting == "true"
+    return params.get("trainer.stages", "[]") not in ("[]", "", "None") or params.get("model.name") in FINE_TUNING
 
 
 @dataclass
@@ -53,6 +64,7 @@ class RunState:
     experiment_id: str
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> (step, value), for plots
     tables: dict[str, object] = field(default_factory=dict)  # JSON artifacts by path, for plots
+    monitor: object = None  # MLflow's SystemMetricsMonitor, while the run has one
 
 
 class Writer:
@@ -82,6 +94,8 @@ class Writer:
         exp_id = experiment_id(self.client, msg.experiment)
         run_id = self.client.create_run(exp_id, run_name=msg.name, tags=tags).info.run_id
         self.adopt(msg, run_id, exp_id)
+        if wants_system_metrics(msg.params):
+            self.runs[msg.rid].monitor = _system_metrics(run_id, self.client.tracking_uri)
         return Started(msg.rid, run_id, exp_id)
 
     def adopt(self, msg: StartRun, run_id: str, experiment_id: str) -> None:
@@ -139,6 +153,7 @@ class Writer:
 
         run = self.runs[msg.rid]
         try:
+            _stop(run)
             pngs = _plots().run_plots(run.series, run.tables)
             self.files(LogFiles(msg.rid, dict(pngs)))
         finally:
@@ -149,7 +164,34 @@ class Writer:
     def fail_open_runs(self, reason: str) -> None:
         for run in self.runs.values():
             if run.series is not None:
+                _stop(run)
                 fail_run(self.client, run.run_id, reason)
+
+
+def _system_metrics(run_id: str, uri: str):
+    """MLflow's SystemMetricsMonitor on run `run_id`, started: a thread of the writer's, off the trainer's cores,
+    sampling psutil (and NVML's GPUs, where nvidia-ml-py is installed) every SYSTEM_METRICS_S seconds. None when it
+    cannot start (psutil missing): the run goes on without."""
+    try:
+        import logging
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not "Started monitoring ..."
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_S, tracking_uri=uri)
+        monitor.start()
+        return monitor
+    except Exception as e:  # noqa: BLE001 - psutil missing, or a monitor that fails: never the run
+        _say(f"lesson5 tracking: no system metrics for run {run_id} ({type(e).__name__}: {e})")
+        return None
+
+
+def _stop(run: RunState) -> None:
+    """Stop a run's system metrics monitor, if it has one, logging its last samples."""
+    monitor, run.monitor = run.monitor, None
+    if monitor is not None:
+        with contextlib.suppress(Exception):
+            monitor.finish()
 
 
 def _plots():
