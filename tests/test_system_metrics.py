@@ -50,3 +50,16 @@ def test_a_run_with_system_metrics_logs_them_and_stops_with_the_run(tmp_path, mo
     w.start(StartRun(2, "e", "short", {"tracking.system_metrics": "auto", "model.name": "collab"}, {}))
     assert w.runs[2].monitor is None
     w.end(EndRun(2, "FINISHED"))
+
+
+def test_only_the_gpus_the_trainer_sees_are_reported():
+    from types import SimpleNamespace
+
+    from lesson5.tracking.writer import visible_gpus_only
+
+    gpu, cpu = SimpleNamespace(gpu_handles=["h0", "h1", "h2"], num_gpus=3), SimpleNamespace()
+    monitor = SimpleNamespace(monitors=[cpu, gpu])
+    visible_gpus_only(monitor, None)
+    assert gpu.gpu_handles == ["h0", "h1", "h2"]
+    visible_gpus_only(monitor, "0, 2")
+    assert gpu.gpu_handles == ["h0", "h2"] and gpu.num_gpus == 2

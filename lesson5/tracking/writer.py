@@ -95,7 +95,8 @@ class Writer:
         run_id = self.client.create_run(exp_id, run_name=msg.name, tags=tags).info.run_id
         self.adopt(msg, run_id, exp_id)
         if wants_system_metrics(msg.params):
-            self.runs[msg.rid].monitor = _system_metrics(run_id, self.client.tracking_uri)
+            asked = str(msg.params.get("tracking.system_metrics")).lower() == "true"
+            self.runs[msg.rid].monitor = _system_metrics(run_id, self.client.tracking_uri, asked)
         return Started(msg.rid, run_id, exp_id)
 
     def adopt(self, msg: StartRun, run_id: str, experiment_id: str) -> None:
@@ -168,10 +169,18 @@ class Writer:
                 fail_run(self.client, run.run_id, reason)
 
 
-def _system_metrics(run_id: str, uri: str):
+def _system_metrics(run_id: str, uri: str, asked: bool = True):
     """MLflow's SystemMetricsMonitor on run `run_id`, started: a thread of the writer's, off the trainer's cores,
     sampling psutil (and NVML's GPUs, where nvidia-ml-py is installed) every SYSTEM_METRICS_S seconds. None when it
-    cannot start (psutil missing): the run goes on without."""
+    cannot start: the run goes on without. Without psutil (`pip install 'lesson5[system-metrics]'`) `auto` passes
+    silently, and `true` says so."""
+    import importlib.util
+
+    if importlib.util.find_spec("psutil") is None:
+        if asked:
+            _say(f"lesson5 tracking: no system metrics for run {run_id}: psutil is not installed (pip install "
+                 f"'lesson5[system-metrics]')")
+        return None
     try:
         import logging
 
@@ -179,11 +188,35 @@ def _system_metrics(run_id: str, uri: str):
 
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not "Started monitoring ..."
         monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_S, tracking_uri=uri)
+        visible_gpus_only(monitor, os.environ.get("CUDA_VISIBLE_DEVICES"))
         monitor.start()
         return monitor
     except Exception as e:  # noqa: BLE001 - psutil missing, or a monitor that fails: never the run
         _say(f"lesson5 tracking: no system metrics for run {run_id} ({type(e).__name__}: {e})")
         return None
+
+
+def visible_gpus_only(monitor, visible) -> None:
+    """MLflow's GPU monitor reports every GPU of the machine; keep those the trainer can use, by the index or UUID
+    that `CUDA_VISIBLE_DEVICES` (the writer inherits the trainer's) names. Unset: all of them."""
+    if visible is None:
+        return
+    keep = {v.strip() for v in visible.split(",") if v.strip()}
+
+    def uuid(handle):
+        try:
+            import pynvml
+
+            got = pynvml.nvmlDeviceGetUUID(handle)
+            return got.decode() if isinstance(got, bytes) else got
+        except Exception:  # noqa: BLE001 - NVML's errors vary by driver
+            return None
+
+    for m in monitor.monitors:
+        handles = getattr(m, "gpu_handles", None)
+        if handles is not None:
+            m.gpu_handles = [h for i, h in enumerate(handles) if str(i) in keep or uuid(h) in keep]
+            m.num_gpus = len(m.gpu_handles)
 
 
 def _stop(run: RunState) -> None:
