@@ -43,6 +43,7 @@ from lesson5.sweep.verdict import SEED, more_seeds
 from lesson5.tracking.store import (
     check_reachable,
     experiment_id,
+    fail_fast_http,
     fail_run,
     log_summary,
     open_client,
@@ -158,6 +159,7 @@ class Sweep:
 
     def _client(self):
         quiet_console()  # before any run ends here or in a worker: they inherit it
+        fail_fast_http()  # a server gone is said in seconds, not after minutes of retries
         return open_client(self.tracking_uri)
 
     def _parent(self) -> str:
@@ -215,7 +217,23 @@ class Sweep:
             self.progress.close()
         if (lost := self._storage_error()) is not None:
             return self._lost(lost)
-        return self._finish(time.perf_counter() - start, interrupted, crashed)
+        try:
+            return self._finish(time.perf_counter() - start, interrupted, crashed)
+        except Exception as e:  # noqa: BLE001 - the MLflow store went away: anything its client raises
+            if not self._mlflow_down():
+                raise
+            print(f"error: the MLflow store {self.tracking_uri} stopped answering ({type(e).__name__}: "
+                  f"{(str(e).splitlines() or [''])[0][:300]}). The study's trials are safe in {self.storage}; when "
+                  f"the store is back, this closes its parent run {self.parent_run_id} and logs the report:\n  "
+                  f"{self._resume_command()}", file=sys.stderr)
+            return 1
+
+    def _mlflow_down(self) -> bool:
+        try:
+            self._client()
+            return False
+        except Exception:  # noqa: BLE001 - a server gone, a database locked or moved: all alike here
+            return True
 
     def _say(self, text: str, file=sys.stderr) -> None:
         """A line of the driver's, above the progress display."""
