@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -142,6 +143,9 @@ class Sweep:
                                           sampler=make_sampler(study), pruner=make_pruner(study))
                 opt.set_user_attr("sweep_file", str(study.path))
                 opt.set_user_attr("base", study.base)
+                with warnings.catch_warnings():  # "experimental": the objective's name, for optuna-dashboard's plots
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    opt.set_metric_names([study.metric])
                 return opt
             except optuna.exceptions.DuplicatedStudyError:
                 opt = optuna.load_study(study_name=study_name, storage=backend, sampler=make_sampler(study),
