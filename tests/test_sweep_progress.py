@@ -165,3 +165,53 @@ def test_a_lost_storage_is_a_message_and_the_display_comes_back():
     state["up"] = True
     clock.t += 10
     assert p.poll().startswith("1/4 trials")  # back: shown at once
+
+
+@pytest.mark.slow
+def test_a_sweep_shows_its_progress_and_ends_with_its_links(tmp_path, movielens_dir):
+    """A tiny grid study, as a user runs it in a log (not a terminal): progress lines, then the MLflow and
+    optuna-dashboard commands and the parent run's link; the parent has its source tags and Optuna's views. With
+    progress=false, no progress line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+    from mlflow import MlflowClient
+
+    root = Path(__file__).resolve().parents[1]
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump({
+        "claim": "n_factors=4 works best", "rule": {"kind": "best", "param": "model.n_factors", "value": 4},
+        "space": {"model.n_factors": {"choices": [2, 4]}}, "seeds": [0, 1], "sampler": "grid", "pruner": "none",
+        "objective": {"metric": "valid_rmse", "direction": "minimize"}}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def sweep(*args):
+        return subprocess.run([sys.executable, "-m", "lesson5.sweep", str(study), f"data.path={movielens_dir}",
+                               "data.verify=false", "trainer.epochs=1", f"tracking.uri={uri}",
+                               f"storage={tmp_path}/s.journal", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(root)})
+
+    done = sweep()
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("study tiny: ") and " running, " in line]
+    assert lines and lines[-1].startswith("study tiny: 4/4 trials, 0 running, 0 pruned, 0 failed")
+    assert "(2 seeds) at n_factors=" in lines[-1] and "\r" not in done.stderr
+    assert f"optuna-dashboard {tmp_path}/s.journal" in done.stderr  # said at the start, to watch it live
+    client = MlflowClient(uri)
+    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("lesson5-movielens").experiment_id])
+                 if "optuna.trial" not in r.data.tags]
+    assert f"MLflow: mlflow ui --backend-store-uri {uri}\n" in done.stdout
+    assert f"/runs/{parent.info.run_id}?workflowType=machine_learning" in done.stdout
+    assert f"Optuna: optuna-dashboard {tmp_path}/s.journal" in done.stdout
+    assert "View run" not in done.stdout + done.stderr
+    assert parent.data.tags["mlflow.source.name"] == "python -m lesson5.sweep"
+    assert parent.data.tags["mlflow.source.type"] == "LOCAL" and parent.data.tags["mlflow.source.git.commit"]
+    assert {"trials_complete", "trials_pruned", "best_valid_rmse", "sweep_wall_seconds"} <= set(parent.data.metrics)
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/tiny_optuna_history.png", "report/tiny_optuna_slice.png"} <= arts
+    quiet = sweep("study_name=tiny_quiet", "progress=false")
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert " running, " not in quiet.stderr and "Optuna: optuna-dashboard" in quiet.stdout
