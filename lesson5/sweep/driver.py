@@ -239,6 +239,15 @@ class Sweep:
         except Exception:  # noqa: BLE001 - a server gone, a database locked or moved: all alike here
             return True
 
+    def _poll(self) -> None:
+        """Update the progress display; a fault in it turns it off, and never stops the sweep."""
+        try:
+            self.progress.poll()
+        except Exception as e:  # noqa: BLE001 - the display is a convenience; the workers go on
+            self.progress.clear()
+            self.progress = None
+            print(f"progress display off ({type(e).__name__}: {e})", file=sys.stderr)
+
     def _say(self, text: str, file=sys.stderr) -> None:
         """A line of the driver's, above the progress display."""
         if self.progress is not None:
@@ -289,7 +298,7 @@ class Sweep:
                         p.wait(timeout=self.progress.wait_s() if self.progress is not None else None)
                         break
                     except subprocess.TimeoutExpired:
-                        self.progress.poll()
+                        self._poll()
         except KeyboardInterrupt:  # the workers got Ctrl-C too: let them close their runs and trials
             interrupted = True
             for p in procs:
