@@ -215,3 +215,40 @@ def test_a_sweep_shows_its_progress_and_ends_with_its_links(tmp_path, movielens_
     quiet = sweep("study_name=tiny_quiet", "progress=false")
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert " running, " not in quiet.stderr and "Optuna: optuna-dashboard" in quiet.stdout
+
+
+@pytest.mark.slow
+def test_two_machines_each_show_the_whole_shared_study(tmp_path, movielens_dir, postgres_uri):
+    """Two sweep commands on one PostgreSQL study, as two machines run them: each one's display counts every
+    trial of the study, its own workers' and the other's, so the one that closes the study shows them all."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sqlalchemy as sa
+    import yaml
+
+    engine = sa.create_engine(postgres_uri, isolation_level="AUTOCOMMIT")
+    with engine.connect() as con:
+        con.execute(sa.text("CREATE DATABASE optuna_progress"))
+    engine.dispose()
+    storage = postgres_uri.replace("/mlflow?", "/optuna_progress?")
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump({
+        "claim": "n_factors=4 works best", "rule": {"kind": "best", "param": "model.n_factors", "value": 4},
+        "space": {"model.n_factors": {"choices": [2, 3, 4]}}, "seeds": [0, 1], "sampler": "grid", "pruner": "none",
+        "objective": {"metric": "valid_rmse", "direction": "minimize"}}))
+    cmd = [sys.executable, "-m", "lesson5.sweep", str(study), "workers=1", f"storage={storage}",
+           f"data.path={movielens_dir}", "data.verify=false", "trainer.epochs=1"]
+    root = Path(__file__).resolve().parents[1]
+    machines = [subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [m.communicate(timeout=600) for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    closers = [err for out, err in outs if "report:" in out]  # a machine that found the study complete
+    assert closers
+    for err in closers:
+        shown = [line for line in err.splitlines() if line.startswith("study tiny: ") and " running, " in line]
+        assert shown[-1].startswith("study tiny: 6/6 trials, 0 running")
+    assert not any("cannot read" in err or "Traceback" in err for _, err in outs)
