@@ -33,11 +33,18 @@ def views(opt: optuna.Study, study: Study) -> dict[str, Callable]:
     target = study.metric
     return {
         "history": lambda: vis.plot_optimization_history(opt, target_name=target),
-        "parallel_coordinates": lambda: vis.plot_parallel_coordinate(opt, params=params, target_name=target),
+        "parallel_coordinates": lambda: _room_below(
+            vis.plot_parallel_coordinate(opt, params=params, target_name=target)),
         "slice": lambda: vis.plot_slice(opt, params=params, target_name=target),
         "importances": lambda: _importances(vis.plot_param_importances(
             opt, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), params=params, target_name=target)),
     }
+
+
+def _room_below(ax):
+    """Room under the axes for the slanted parameter names (Hydra keys are long)."""
+    ax.figure.subplots_adjust(bottom=0.25)
+    return ax
 
 
 def _importances(ax):
