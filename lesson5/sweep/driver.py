@@ -265,8 +265,6 @@ class Sweep:
     def _resume_command(self) -> str:
         """This command again, with resume=true."""
         args = [a for a in sys.argv[1:] if not a.startswith("resume=")]
-        from lesson5 import naming
-
         return " ".join([naming.source_name(), *map(shlex.quote, args), "resume=true"])
 
     def _lost(self, why) -> int:
