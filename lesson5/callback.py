@@ -24,6 +24,10 @@ class Callback:
 
     order = 50
 
+    def handles(self, event: str) -> bool:
+        """Whether this callback does anything on `event` (the loop calls only those, per step each call counts)."""
+        return getattr(type(self), event) is not getattr(Callback, event)
+
     def before_fit(self, learn: Learner) -> None: ...
     def before_epoch(self, learn: Learner) -> None: ...
     def before_batch(self, learn: Learner) -> None: ...

@@ -92,6 +92,7 @@ class ModelSpec(Spec):
     recipe: dict  # its task's hyper-parameters, merged at the top level: {"optim": {"lr": ...}, "trainer": ...}
     groups: int = 1  # how many layer groups its layer_groups() returns (stages give each its own lr)
     device: str = "auto"  # "cpu": trainer.device=auto keeps it off the GPU (too small for one to help)
+    stacks: bool = False  # several trials of it can train as one stack (lesson5.stack): no stages, no pretrained body
 
     @property
     def takes_weights(self) -> bool:

@@ -199,7 +199,7 @@ class CollabConf(ModelConf):
 # The small models stay on the CPU under trainer.device=auto: a GPU trains them no faster (BENCHMARKS.md).
 # collab's recipe is the lesson's: collab_learner(n_factors=40, y_range=[0, 5.5], wd=0.1), fit_one_cycle(5, 5e-3).
 declare(ModelSpec(name="collab", schema=CollabConf, build="lesson5.models.collab:build", loss="mse",
-                  data="movielens", device="cpu",
+                  data="movielens", device="cpu", stacks=True,
                   recipe={"optim": {"lr": 5e-3, "wd": 0.1}, "trainer": {"epochs": 5, "bs": 64}}))
 
 
@@ -217,9 +217,9 @@ class MlpConf(ModelConf):
 # single Mnist_NN epoch is experiment=mnist_lesson. logistic is the lesson's Mnist_Logistic, one Linear 784 -> 10.
 _MNIST_RECIPE = {"optim": {"lr": 1e-2, "wd": 0.0}, "trainer": {"epochs": 10, "bs": 64}}
 declare(ModelSpec(name="logistic", schema=ModelConf, build="lesson5.models.mnist:logistic", loss="cross_entropy",
-                  data="mnist", device="cpu", recipe=_MNIST_RECIPE))
+                  data="mnist", device="cpu", stacks=True, recipe=_MNIST_RECIPE))
 declare(ModelSpec(name="mlp", schema=MlpConf, build="lesson5.models.mnist:mlp", loss="cross_entropy",
-                  data="mnist", device="cpu", recipe=_MNIST_RECIPE))
+                  data="mnist", device="cpu", stacks=True, recipe=_MNIST_RECIPE))
 
 
 @dataclass

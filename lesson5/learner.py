@@ -38,14 +38,20 @@ class Learner:
     `step`. Per step: `xb`, `yb`, `loss`. Per epoch: `epoch_losses`, then `metrics`, `valid_out`, `valid_y`.
     """
 
-    def __init__(self, model: nn.Module, train: Batches, valid: Batches, *, opt, loss_fn, seed: int,
+    def __init__(self, model: nn.Module, train: Batches, valid: Batches, *, opt, loss_fn, seed: int | Sequence[int],
                  callbacks: Sequence[Callback] = (), diverge_factor: float = 0.0, amp: bool = False,
                  channels_last: bool = False):
         self.model, self.train, self.valid = model, train, valid
         self.opt, self.loss_fn = opt, loss_fn
         self.loss_name = model.loss
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
-        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        # a stack (lesson5.stack) trains `members` models at once, each with its own seed and batch order; its
+        # losses and metrics hold one value per member, and a member that diverges is `out` (the others go on)
+        self.members: int = getattr(model, "members", 0)
+        seeds = list(seed) if self.members else [seed]
+        gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        self.gen = gens if self.members else gens[0]
+        self.out: dict[int, BaseException] = {}
         self.step = 0
         self.epochs = self.epoch = self.fit_step = self.total_steps = 0
         self.loss: Optional[Tensor] = None
@@ -57,7 +63,8 @@ class Learner:
         self.epoch_seconds = 0.0  # the latest epoch's training, validation excluded
         self.amp, self.channels_last = amp, channels_last  # CUDA options (trainer.amp, trainer.channels_last)
         self.diverge_factor = diverge_factor
-        self.start_loss: Optional[float] = None  # the first step's loss, the yardstick for divergence
+        self.start_loss: Optional[list[Optional[float]]] = None  # the first step's loss (per member), the yardstick
+        # for divergence
         self.recorder: Optional[Recorder] = None  # set by from_config, as are the schedule and the stages
         self.scheduler: Optional[ParamScheduler] = None
         self.stages: list[stages.StageResult] = []
@@ -98,23 +105,35 @@ class Learner:
 
     def _hooks(self, event: str) -> list:
         """The callbacks' methods for an event, only those that override it (per step, each call counts)."""
-        return [getattr(cb, event) for cb in self.callbacks if getattr(type(cb), event) is not getattr(Callback, event)]
+        return [getattr(cb, event) for cb in self.callbacks if cb.handles(event)]
 
     def _check_finite(self, losses: list[Tensor]) -> None:
-        """Raise DivergedError if a loss in the window is NaN/inf or beyond diverge_factor times the start."""
+        """Raise DivergedError if a loss in the window is NaN/inf or beyond diverge_factor times the start. In a
+        stack, that member is out instead, and the fit stops (CancelFit) once every member is."""
         window = torch.stack(losses)
-        finite = torch.isfinite(window)
-        if self.start_loss is None and bool(finite[0]):
-            self.start_loss = window[0].item()  # the loss before any update
-        limit = self.diverge_factor * self.start_loss if self.diverge_factor and self.start_loss else math.inf
-        bad_mask = ~finite | (window > limit)
-        if bool(bad_mask.any()):
-            bad = int(bad_mask.nonzero()[0])
+        window = window if self.members else window[:, None]  # [steps, members]
+        if self.start_loss is None:  # the loss before any update
+            self.start_loss = [v if math.isfinite(v) else None for v in window[0].tolist()]
+        limits = [self.diverge_factor * s if self.diverge_factor and s else math.inf for s in self.start_loss]
+        bad_mask = ~torch.isfinite(window) | (window > torch.tensor(limits, device=window.device))
+        if not bool(bad_mask.any()):
+            return
+        for k in bad_mask.any(0).nonzero().flatten().tolist():
+            if k in self.out:
+                continue
+            bad = int(bad_mask[:, k].nonzero()[0])
             step = self.step - len(losses) + bad + 1
-            why = "" if math.isinf(limit) else f" (over {self.diverge_factor:g}x its start, {self.start_loss:.4g})"
-            raise DivergedError(
-                f"train_loss became {window[bad].item():.4g}{why} at epoch {self.epoch + 1}, step {step}: the run "
-                f"diverged. Lower optim.lr (max lr now {self.opt.param_groups[-1]['max_lr']:g}) or add weight decay.")
+            why = "" if math.isinf(limits[k]) else \
+                f" (over {self.diverge_factor:g}x its start, {self.start_loss[k]:.4g})"
+            max_lr = (self.opt.parts[k] if self.members else self.opt).param_groups[-1]["max_lr"]
+            error = DivergedError(
+                f"train_loss became {window[bad, k].item():.4g}{why} at epoch {self.epoch + 1}, step {step}: the run "
+                f"diverged. Lower optim.lr (max lr now {max_lr:g}) or add weight decay.")
+            if not self.members:
+                raise error
+            self.out[k] = error
+        if len(self.out) == self.members:
+            raise CancelFit
 
     def _forward(self):
         """The model's forward for training: the module itself, or wrapped for bfloat16 autocast and
@@ -131,6 +150,14 @@ class Learner:
                 return model(x).float()
 
         return forward
+
+    def _metrics(self, train_loss) -> dict:
+        """The epoch's metrics: floats, or for a stack one list of the members' values per key."""
+        score = METRICS[self.loss_name]
+        if not self.members:
+            return {"train_loss": train_loss, **score(self.valid_out, self.valid_y)}
+        each = [score(out, y) for out, y in zip(self.valid_out, self.valid_y)]
+        return {"train_loss": train_loss, **{key: [m[key] for m in each] for key in each[0]}}
 
     def fit(self, epochs: int, lrs: Optional[Sequence[float]] = None) -> dict[str, float]:
         """Train for `epochs`, validating after each; returns the last epoch's metrics.
@@ -159,7 +186,7 @@ class Learner:
                     for hook in hooks["before_batch"]:
                         hook(self)
                     loss = loss_fn(model(self.xb), self.yb)
-                    loss.backward()
+                    (loss.sum() if self.members else loss).backward()  # a stack: each member's own gradient
                     opt_step()
                     for p in params:  # zero_grad(set_to_none=True), without its profiler record
                         p.grad = None
@@ -174,10 +201,10 @@ class Learner:
                 tail = len(self.epoch_losses) % CHECK_EVERY
                 if tail:
                     self._check_finite(self.epoch_losses[-tail:])
-                train_loss = torch.stack(self.epoch_losses).mean().item()  # waits for the device: epoch ends here
+                train_loss = torch.stack(self.epoch_losses).mean(0).tolist()  # waits for the device: epoch ends
                 self.epoch_seconds = time.perf_counter() - epoch_start
                 self.valid_out, self.valid_y = predict(model, self.valid)
-                self.metrics = {"train_loss": train_loss, **METRICS[self.loss_name](self.valid_out, self.valid_y)}
+                self.metrics = self._metrics(train_loss)
                 self.train_seconds = done_before + time.perf_counter() - start
                 for hook in hooks["after_epoch"]:
                     hook(self)

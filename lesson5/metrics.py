@@ -27,7 +27,8 @@ def predict(model: torch.nn.Module, source) -> tuple[Tensor, Tensor]:
     model.eval()
     outs, ys = zip(*((model(xb), yb) for xb, yb in source.epoch(None)))
     model.train()
-    return torch.cat(outs).float(), torch.cat(ys)
+    dim = 1 if getattr(model, "members", 0) else 0  # a stack's batches are [members, bs, ...]
+    return torch.cat(outs, dim).float(), torch.cat(ys, dim)
 
 
 def confusion_matrix(logits: Tensor, y: Tensor) -> list[list[int]]:

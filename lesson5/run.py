@@ -7,6 +7,7 @@ does an MLflow run exist (`lifecycle.TrackedRun`), which ends with the status it
 
 from __future__ import annotations
 
+import os
 import random
 import resource
 import statistics
@@ -22,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from lesson5 import data as datasets
-from lesson5 import models, naming
+from lesson5 import models, naming, stack
 from lesson5.callback import Callback
 from lesson5.config import Config, flatten, ignored, validate
 from lesson5.errors import ConfigError
@@ -129,17 +130,13 @@ def _run(cfg: DictConfig, conf: Config, device: torch.device, overrides: Sequenc
         torch.set_num_threads(conf.trainer.threads)
     data = datasets.build(conf.data)
     model = build_model(conf, data, device)  # before the run exists: bad weights are refused here
-    experiment, name = naming.experiment_name(conf), naming.run_name(conf, overrides)
-    params = {**flatten(cfg), **{f"data.info.{k}": v for k, v in data.info.items()}} if tracker else {}
-    tags = {**standard_tags(conf, params, name, overrides, device), **extra_tags} if tracker else {}
     per_fold, learn = {}, None
-    with TrackedRun(tracker, experiment=experiment, name=name, params=params, tags=tags,
-                    files={"config.yaml": config_yaml(cfg)}, parent=parent_run_id,
-                    datasets=[dataset_input(conf, data)], end_tags=end_tags) as main:
+    with _tracked(cfg, conf, data, device, overrides, tracker, parent_run_id, extra_tags, end_tags) as main:
         for fold in data.folds:
             # cv: each fold is a child run of its own, ended as its fit ends
-            fold_run = TrackedRun(tracker, experiment=experiment, name=fold.name, tags={"fold": fold.name},
-                                  parent=main.rid) if len(data.folds) > 1 and main.tracked else nullcontext(main)
+            cv = len(data.folds) > 1 and main.tracked
+            fold_run = TrackedRun(tracker, experiment=naming.experiment_name(conf), name=fold.name,
+                                  tags={"fold": fold.name}, parent=main.rid) if cv else nullcontext(main)
             with fold_run as tracked:
                 learn = Learner.from_config(conf, data, fold, model or build_model(conf, data, device), device,
                                             callbacks)
@@ -157,7 +154,137 @@ def _run(cfg: DictConfig, conf: Config, device: torch.device, overrides: Sequenc
         # what the run lacks: a single fold's run has its own metrics already
         logged, step = (per_fold[fold.name], learn.step) if len(per_fold) == 1 else ({}, 0)
         main.log_metrics([(k, v, step) for k, v in result.metrics.items() if k not in logged])
-    info = main.info()
-    if info is not None:
-        result.run_id, result.experiment_id, result.tracking_uri = info.run_id, info.experiment_id, tracker.uri
+    _where(result, main)
     return result
+
+
+def _tracked(cfg: DictConfig, conf: Config, data: datasets.Data, device: torch.device, overrides: Sequence[str],
+             tracker: Optional[Tracker], parent_run_id: Optional[str], extra_tags: dict[str, str],
+             end_tags: Optional[Callable[[Outcome], dict[str, str]]]) -> TrackedRun:
+    """The MLflow run of one config: its name, params, tags, config file and data set input."""
+    experiment, name = naming.experiment_name(conf), naming.run_name(conf, overrides)
+    params = {**flatten(cfg), **{f"data.info.{k}": v for k, v in data.info.items()}} if tracker else {}
+    tags = {**standard_tags(conf, params, name, overrides, device), **extra_tags} if tracker else {}
+    return TrackedRun(tracker, experiment=experiment, name=name, params=params, tags=tags,
+                      files={"config.yaml": config_yaml(cfg)}, parent=parent_run_id,
+                      datasets=[dataset_input(conf, data)], end_tags=end_tags)
+
+
+def _where(result: RunResult, tracked: TrackedRun) -> None:
+    info = tracked.info()
+    if info is not None:
+        result.run_id, result.experiment_id, result.tracking_uri = info.run_id, info.experiment_id, tracked.tracker.uri
+
+
+def stackable(conf: Config) -> Optional[str]:
+    """Why trials of `conf` cannot train as a stack (lesson5.stack), or None when they can."""
+    if not models.MODELS[conf.model.name].stacks:
+        return f"model={conf.model.name} does not stack (stages, a pretrained body or batch norm)"
+    if conf.trainer.stages or getattr(conf.data, "split", None) == "cv" or getattr(conf.model, "batchnorm", False):
+        return "trainer.stages, data.split=cv and model.batchnorm do not stack"
+    return None
+
+
+def _apart(cfgs: Sequence[DictConfig]) -> Optional[str]:
+    """What the configs of a stack differ in beyond lesson5.stack.MEMBER_KEYS (tracking aside), or None."""
+    def shared(cfg: DictConfig) -> dict:
+        flat = flatten(cfg)
+        return {key: v for key, v in flat.items() if not key.startswith("tracking.") and (
+            key not in stack.MEMBER_KEYS or (key == "model.y_range" and v is None))}
+    first = shared(cfgs[0])
+    apart = sorted({key for cfg in cfgs[1:] for key, v in shared(cfg).items() if first.get(key) != v}
+                   | {key for cfg in cfgs[1:] for key in first.keys() ^ shared(cfg).keys()})
+    return f"its trials differ in {', '.join(apart)}, which members of a stack share" if apart else None
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for a stack on `device`: CUDA's free memory, or the system's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def stack_capacity(cfg: DictConfig) -> int:
+    """The largest stack of `cfg`'s trials that fits in this machine's memory (lesson5.stack.largest_fitting)."""
+    conf = validate(cfg)
+    device = pick_device(conf.trainer.device, conf.model.name)
+    data = datasets.build(conf.data)
+    part = data.folds[0].train
+    return stack.largest_fitting(build_model(conf, data, device), available_memory(device),
+                                 sum(t.nbytes for t in part) if isinstance(part, tuple) else 0)
+
+
+def run_stack(cfgs: Sequence[DictConfig], *, overrides: Sequence[Sequence[str]],
+              callbacks: Sequence[Sequence[Callback]] = (), tracker: Optional[Tracker] = None,
+              parent_run_id: Optional[str] = None, tags: Sequence[dict[str, str]] = (),
+              end_tags: Sequence[Callable[[Outcome], dict[str, str]]] = ()) -> list[RunResult | BaseException]:
+    """K trials trained as one stack (lesson5.stack): each validated, built, seeded and tracked as `run(cfg)` does
+    it alone, with its own MLflow run (its own params, metrics, artifacts, and the end its outcome gives), but in
+    one fit. Per member: its RunResult, or the exception that put it out of the stack (diverged, pruned).
+
+    The configs must agree on everything but lesson5.stack.MEMBER_KEYS; a stack larger than this machine's memory
+    holds is refused before training. An error of the whole fit (Ctrl-C, a lost store) ends every member's run.
+    """
+    confs = [validate(c) for c in cfgs]
+    conf, k = confs[0], len(confs)
+    why = stackable(conf) or _apart(cfgs)
+    if why:
+        raise ConfigError(f"sweep.stack={k}: {why}; use sweep.stack=1")
+    device = pick_device(conf.trainer.device, conf.model.name)
+    own = open_tracker(conf.tracking) if tracker is None else None
+    try:
+        data = datasets.build(conf.data)
+        members = [build_model(c, data, device) for c in confs]
+        fold = data.folds[0]
+        need = stack.memory_estimate(members[0], k, sum(t.nbytes for t in fold.train))
+        have = available_memory(device)
+        if need > have / 2:
+            raise ConfigError(f"sweep.stack={k}: a stack of {k} needs about {need / 2**30:.1f} GiB, more than half "
+                              f"of the {have / 2**30:.1f} GiB free on {device}; the largest that fits is "
+                              f"{stack.largest_fitting(members[0], have, sum(t.nbytes for t in fold.train))}")
+        return _run_stack(cfgs, confs, data, fold, members, device, overrides, callbacks, tracker or own,
+                          parent_run_id, tags, end_tags)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _run_stack(cfgs, confs, data, fold, members, device, overrides, callbacks, tracker, parent_run_id, tags,
+               end_tags) -> list[RunResult | BaseException]:
+    k = len(confs)
+    runs = [_tracked(cfg, c, data, device, overrides[i], tracker if c.tracking.enabled else None, parent_run_id,
+                     {**(tags[i] if tags else {}), "stack.size": str(k), "stack.member": str(i)},
+                     end_tags[i] if end_tags else None) for i, (cfg, c) in enumerate(zip(cfgs, confs))]
+    entered: list[TrackedRun] = []
+    try:
+        for r in runs:
+            entered.append(r.__enter__())
+        learn = stack.learner(confs, fold, members, device, callbacks)
+        for i, r in enumerate(runs):
+            for cb in r.callback(confs[i], learn.recorders[i]):
+                learn.add(stack.ForMember(cb, i))
+        learn.fit(confs[0].trainer.epochs)
+        results: list[RunResult | BaseException] = []
+        for i, r in enumerate(runs):
+            if i in learn.out:
+                results.append(learn.out[i])
+                continue
+            view = stack.MemberView(learn, i)
+            metrics = {**view.metrics, "train_seconds": view.train_seconds}
+            r.log_fit(confs[i], data, fold, view)
+            results.append(RunResult({**metrics, **peak_memory()}, {fold.name: metrics}, model=view.model))
+            r.log_metrics([(key, v, learn.step) for key, v in peak_memory().items()])
+    except BaseException as e:
+        for r in entered:
+            r.__exit__(type(e), e, e.__traceback__)
+        raise
+    for r, result in zip(runs, results):
+        error = result if isinstance(result, BaseException) else None
+        r.__exit__(type(error) if error else None, error, None)
+        if error is None:
+            _where(result, r)
+    return results

@@ -28,16 +28,32 @@ class EmbeddingDotBias(nn.Module):
         self.user_bias, self.item_bias = embedding(n_users, 1), embedding(n_items, 1)
         self.y_range = tuple(y_range) if y_range is not None else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, y_range: Optional[Tensor] = None) -> Tensor:
+        """Ratings for (user, item) rows; `y_range` as a tensor overrides the model's (a stack's member's own)."""
         users, items = x.t().contiguous()  # one copy; strided columns would be copied by each lookup and its backward
         # F.embedding on the weights: the same lookup as calling the modules, without four module dispatches
         u, i = F.embedding(users, self.user_factors.weight), F.embedding(items, self.item_factors.weight)
         ub, ib = F.embedding(users, self.user_bias.weight), F.embedding(items, self.item_bias.weight)
         res = (u * i).sum(1) + ub.squeeze(1) + ib.squeeze(1)
-        if self.y_range is None:
+        if y_range is None and self.y_range is None:
             return res
-        lo, hi = self.y_range
+        lo, hi = self.y_range if y_range is None else y_range
         return torch.sigmoid(res) * (hi - lo) + lo
+
+    def forward_stack(self, w: dict[str, Tensor], x: Tensor, y_range: Optional[Tensor] = None) -> Tensor:
+        """forward for a stack of K such models (lesson5.stack): weights [K, ...], rows [K, bs, 2], y_range [K, 2]."""
+        users, items = x[..., 0], x[..., 1]
+        k = torch.arange(len(x), device=x.device)[:, None]  # each member gathers from its own tables
+        res = ((w["user_factors.weight"][k, users] * w["item_factors.weight"][k, items]).sum(-1)
+               + w["user_bias.weight"][k, users, 0] + w["item_bias.weight"][k, items, 0])
+        if y_range is None:
+            return res
+        lo, hi = y_range[:, :1], y_range[:, 1:]
+        return torch.sigmoid(res) * (hi - lo) + lo
+
+    def member_kwargs(self) -> dict[str, Tensor]:
+        """What a stack's member passes to forward besides its parameters (lesson5.stack)."""
+        return {} if self.y_range is None else {"y_range": torch.tensor(self.y_range, dtype=torch.float32)}
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         return [list(self.parameters())]

@@ -3,7 +3,9 @@ model=logistic and model=mlp in lesson5.config."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 class Classifier(nn.Module):
@@ -24,6 +26,16 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
+
+    def forward_stack(self, w: dict[str, Tensor], x: Tensor) -> Tensor:
+        """forward for a stack of K such models (lesson5.stack): weights [K, ...], inputs [K, bs, n_inputs]."""
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, nn.Linear):  # each member's own matmul: a batched one rounds differently
+                x = torch.stack([F.linear(xk, wk, bk) for xk, wk, bk in
+                                 zip(x, w[f"layers.{i}.weight"], w[f"layers.{i}.bias"])])
+            else:  # ReLU, Dropout: elementwise (a stack has no batch norm: it has buffers)
+                x = layer(x)
+        return x
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         return [list(self.parameters())]

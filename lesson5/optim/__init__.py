@@ -78,6 +78,14 @@ def stepper(opt) -> Callable[[], None]:
     CPU, under a tested torch release, goes one step further (`_fused_adam_kernel`). Both are bit-identical to
     `opt.step()` (tests/test_optim.py).
     """
+    if hasattr(opt, "parts"):  # a stack's optimizers (lesson5.stack.StackOptimizer), one per member
+        steps = [stepper(part) for part in opt.parts]
+
+        def step_all() -> None:
+            for step in steps:
+                step()
+
+        return step_all
     if isinstance(opt, DecoupledDecay):
         inner = stepper(opt.opt)
 

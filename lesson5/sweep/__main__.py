@@ -27,6 +27,8 @@ COMMAND = cli.Command(
         cli.Option("study_name", str, "the study's name in the storage (default: the file's name)"),
         cli.Option("resume", bool, "continue a study that already has trials", default=False),
         cli.Option("pruner", str, "stop poor trials early (default: the study file's)", choices=spec.PRUNERS),
+        cli.Option("stack", str, "trials a worker trains as one fit (a grid's points that differ only in seed, lr, "
+                   "wd, momentum, betas, eps or y_range): auto, or a whole number (1: each alone)"),
         cli.Option("progress", bool, "show trials done, the best so far and the time left as they run", default=True),
     ),
     overrides="every trial")
@@ -37,6 +39,8 @@ def _sweep(args: SimpleNamespace) -> int:
 
     sweep = Sweep.prepare(args.study, args.overrides, n_trials=args.n_trials, workers=args.workers,
                           storage=args.storage, study_name=args.study_name, resume=args.resume, pruner=args.pruner)
+    if args.stack is not None:  # the study file's `stack`, unless given here
+        sweep.study.stack = spec.parse_stack(args.stack)
     return sweep.run(progress=args.progress)
 
 

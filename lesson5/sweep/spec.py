@@ -20,6 +20,7 @@ A study is a YAML file anywhere (`lesson5-sweep path/to/study.yaml`), or the nam
     pruner: none                                    # none | median | hyperband, or {name: median, ...}
     n_trials: null                                  # grid: every point at every seed
     max_fail_rate: 0.5                              # the sweep stops when more trials than this fail
+    stack: auto                                     # grid: trials trained as one fit (lesson5.stack): auto, or K
     final: {overrides: [data.split=cv]}             # optional: score the best recipe, and the base alone, once
                                                     # more with these overrides (the test folds), for rule final
 
@@ -38,7 +39,7 @@ import json
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -92,6 +93,7 @@ class Study:
     max_seeds: int = 1  # the most seeds a setting gets (grid studies add seeds between looks)
     looks: int = 1  # planned looks at the verdict
     added: list[dict[str, Any]] = field(default_factory=list)  # points later looks added, each with its "look"
+    stack: Union[int, str] = "auto"  # trials a worker trains as one stack: a whole number, or auto (parse_stack)
 
     def grid(self) -> list[dict[str, Any]]:
         """Every point of a grid study, each at each seed: the trials' parameters, in order."""
@@ -174,7 +176,7 @@ def load(name_or_path: str, overrides: list[str] = ()) -> Study:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of study fields")
     known = {"claim", "rule", "control", "base", "space", "seeds", "max_seeds", "looks", "objective", "sampler",
-             "pruner", "n_trials", "max_fail_rate", "final"}
+             "pruner", "n_trials", "max_fail_rate", "final", "stack"}
     if set(raw) - known:
         raise ConfigError(f"{path}: unknown field(s) {sorted(set(raw) - known)}; known: {sorted(known)}")
     for key in ("claim", "rule", "space", "objective"):
@@ -194,9 +196,24 @@ def load(name_or_path: str, overrides: list[str] = ()) -> Study:
                   metric=objective.get("metric", ""), direction=objective.get("direction", "minimize"),
                   sampler=raw.get("sampler", "tpe"), pruner=pruner, max_fail_rate=float(raw.get("max_fail_rate", 0.5)),
                   final=list(raw["final"]["overrides"]) if raw.get("final") else None)
+    study.stack = parse_stack(raw.get("stack", "auto"), f"{path}: stack")
     _check(study, raw.get("n_trials"))
     _check_looks(study, raw.get("max_seeds", len(study.seeds)), raw.get("looks", 1))
     return study
+
+
+def parse_stack(value: Any, where: str = "stack") -> Union[int, str]:
+    """A stack size: `auto` (lesson5.sweep.worker picks one by measurement and memory) or a positive integer."""
+    if value == "auto":
+        return "auto"
+    try:
+        k = int(str(value))
+    except ValueError:
+        k = 0
+    if k < 1 or isinstance(value, (bool, float)):
+        raise ConfigError(f"{where}={value!r}: give a positive whole number of trials to train as one stack, or "
+                          f"auto (1 trains each trial alone)")
+    return k
 
 
 def _whole(value: Any) -> bool:

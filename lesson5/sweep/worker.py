@@ -3,7 +3,9 @@ study so far (a grid's look, or a sampler's n_trials) has a trial that counts.
 
 It keeps its imports, its data (read once, `lesson5.data.build` caches it per process) and one MLflow writer, so
 a trial costs little beyond its training. Each trial composes its config with `lifecycle.quiet_config` and calls the
-same `run(cfg)` as the command line, as a child of the study's parent run.
+same `run(cfg)` as the command line, as a child of the study's parent run; a grid's points that differ only in a
+stack's member keys (seed, lr, wd, ...) are claimed together and trained as one fit by `run_stack` (`stack=`),
+each still its own Optuna trial and MLflow run.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import time
 
 STARTED = time.time()  # this process's start, near enough: the worker's wall time counts from here
 
-import contextlib  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 from typing import Optional  # noqa: E402
@@ -55,57 +56,133 @@ def suggest(trial: optuna.Trial, p: Param):
     return trial.suggest_float(p.key, p.low, p.high, log=p.log)
 
 
-def objective(study: Study, tracker: Tracker, parent_run_id: str, claim: contextlib.ExitStack):
-    """The Optuna objective: one lesson5 run per trial, its metric the value. It releases the claim lock first:
-    by then Optuna has popped the trial this worker claimed."""
+def trial_overrides(study: Study, trial: optuna.Trial) -> list[str]:
+    """The trial's swept overrides (its parameters and seed), as Optuna records them."""
+    params = {p.key: suggest(trial, p) for p in study.space}
+    # every seed the study's looks may add, so that a later look's points fit the same distribution
+    seed = trial.suggest_categorical("trainer.seed", study.seeds_at(study.looks))
+    return [p.override(params[p.key]) for p in study.space] + [f"trainer.seed={seed}"]
+
+
+def run_trials(study: Study, tracker: Tracker, parent_run_id: str, trials: list[optuna.Trial], opt: optuna.Study,
+               size: int) -> None:
+    """Run claimed trials, alone or, several, as one stack (lesson5.stack), each its own lesson5 run under the
+    parent and its own Optuna trial, and tell Optuna how each ended: its metric, pruned, or failed."""
     from lesson5.lifecycle import quiet_config
-    from lesson5.run import run
+    from lesson5.run import run, run_stack
 
-    def trial_fn(trial: optuna.Trial) -> float:
-        claim.close()
-        trial.set_user_attr("host", stores.HOST)
-        trial.set_user_attr("pid", os.getpid())
-        prune = Pruning(trial, study.metric)
-        params = {p.key: suggest(trial, p) for p in study.space}
-        # every seed the study's looks may add, so that a later look's points fit the same distribution
-        seed = trial.suggest_categorical("trainer.seed", study.seeds_at(study.looks))
-        swept = [p.override(params[p.key]) for p in study.space] + [f"trainer.seed={seed}"]
-        overrides = [*study.base, *swept]
-        tags = {"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number), "sweep.file": study.name}
-        try:
-            result = run(quiet_config(overrides, track=True, run_name=f"{study.name} trial {trial.number}"),
-                         overrides=swept, tracker=tracker, parent_run_id=parent_run_id, tags=tags,
-                         callbacks=[prune],
-                         end_tags=lambda end: {"optuna.state": OPTUNA_STATE.get(end.outcome, "FAIL")})
-        except BaseException as e:
-            end = outcome(e)
-            trial.set_user_attr("epochs", prune.epochs)
-            trial.set_user_attr("outcome", end.outcome)
-            trial.set_user_attr("stop_reason", (end.reason or "")[:500])
-            raise
-        for key, value in (("epochs", prune.epochs), ("mlflow_run_id", result.run_id),
-                           ("train_seconds", result.metrics["train_seconds"]), ("outcome", "finished")):
+    swept = [trial_overrides(study, t) for t in trials]
+    prunes = [Pruning(t, study.metric) for t in trials]
+    for t in trials:
+        t.set_user_attr("host", stores.HOST)
+        t.set_user_attr("pid", os.getpid())
+        t.set_user_attr("stack", size)
+    cfgs = [quiet_config([*study.base, *sw], track=True, run_name=f"{study.name} trial {t.number}")
+            for t, sw in zip(trials, swept)]
+    tags = [{"optuna.study": t.study.study_name, "optuna.trial": str(t.number), "sweep.file": study.name}
+            for t in trials]
+
+    def end_tags(end) -> dict[str, str]:
+        return {"optuna.state": OPTUNA_STATE.get(end.outcome, "FAIL")}
+
+    try:
+        if len(trials) == 1:
+            try:
+                results = [run(cfgs[0], overrides=swept[0], tracker=tracker, parent_run_id=parent_run_id,
+                               tags=tags[0], callbacks=prunes, end_tags=end_tags)]
+            except Exception as e:  # noqa: BLE001 - a diverged or failing trial ends FAIL and the sweep goes on
+                results = [e]
+        else:
+            try:
+                results = run_stack(cfgs, overrides=swept, callbacks=[[p] for p in prunes], tracker=tracker,
+                                    parent_run_id=parent_run_id, tags=tags, end_tags=[end_tags] * len(trials))
+            except Exception as e:  # noqa: BLE001 - the whole stack failed: every member with that error
+                results = [e] * len(trials)
+    except BaseException as e:  # Ctrl-C: the claimed trials end FAIL, as Optuna's optimize leaves them
+        for t in trials:
+            _tell(opt, t, e, None)
+        raise
+    for t, prune, result in zip(trials, prunes, results):
+        _tell(opt, t, result, prune.epochs, study.metric)
+
+
+def _tell(opt: optuna.Study, trial: optuna.Trial, result, epochs: Optional[int], metric: str = "") -> None:
+    """Record how a trial ended (its RunResult, or what ended it) as its user attributes and its Optuna state."""
+    if isinstance(result, BaseException):
+        end = outcome(result)
+        for key, value in (("epochs", epochs), ("outcome", end.outcome), ("stop_reason", (end.reason or "")[:500])):
             trial.set_user_attr(key, value)
-        return result.metrics[study.metric]
+        pruned = isinstance(result, optuna.TrialPruned)
+        if not pruned and not isinstance(result, KeyboardInterrupt):
+            print(f"trial {trial.number} failed: {end.reason}", file=sys.stderr)
+        opt.tell(trial, state=TrialState.PRUNED if pruned else TrialState.FAIL)
+        return
+    for key, value in (("epochs", epochs), ("mlflow_run_id", result.run_id),
+                       ("train_seconds", result.metrics["train_seconds"]), ("outcome", "finished")):
+        trial.set_user_attr(key, value)
+    opt.tell(trial, result.metrics[metric])
 
-    return trial_fn
 
+def _claim(study: Study, opt: optuna.Study, size: int) -> list[dict]:
+    """Under the claim lock: what to enqueue for the next trials ([{}]: run one already WAITING, left by an
+    interrupted claim), or [] when the study's trials count already. A grid study takes its first point (look 1's
+    grid, then those later looks added) that no counted trial covers, and up to `size` - 1 more that may share a
+    stack with it (lesson5.stack.stack_key); other samplers choose their own values, one trial at a time."""
+    from lesson5.stack import stack_key  # torch: not for the driver, which imports this module
 
-def _next(study: Study, opt: optuna.Study) -> Optional[dict]:
-    """Under the claim lock: what to enqueue for the next trial, {} to run a trial already WAITING (left by an
-    interrupted claim), or None when the study's trials count already. A grid study takes its first point (look 1's
-    grid, then those later looks added) that no counted trial covers; other samplers choose their own values."""
     trials = [t for t in opt.get_trials(deepcopy=False) if stores.counts(t)]
     if any(t.state == TrialState.WAITING for t in trials):
-        return {}
+        return [{}]
     if len(trials) >= study.total():
-        return None
+        return []
     if study.sampler != "grid":
-        return {"params": {}, "user_attrs": {}}
+        return [{"params": {}, "user_attrs": {}}]
     taken = {t.user_attrs.get("grid_point") for t in trials}
-    return next(({"params": {k: v for k, v in point.items() if k != "look"},
-                  "user_attrs": {"grid_point": i, "look": point["look"]}}
-                 for i, point in enumerate(study.points()) if i not in taken), None)
+    free = [(i, point) for i, point in enumerate(study.points()) if i not in taken]
+    if not free:
+        return []
+    key = stack_key(point_overrides(study, free[0][1]))
+    together = [(i, point) for i, point in free if stack_key(point_overrides(study, point)) == key][:size]
+    return [{"params": {k: v for k, v in point.items() if k != "look"},
+             "user_attrs": {"grid_point": i, "look": point["look"]}} for i, point in together]
+
+
+def point_overrides(study: Study, point: dict) -> list[str]:
+    """A grid point's overrides: the study's base, its parameters and its seed."""
+    return [*study.base, *(p.override(point[p.key]) for p in study.space), f"trainer.seed={point['trainer.seed']}"]
+
+
+# Trials a stack holds under stack=auto on each device, where the model stacks: measured per model by
+# benchmarks/bench_stack.py (BENCHMARKS.md); capped by what memory holds (lesson5.run.stack_capacity).
+AUTO_STACK = {("collab", "cpu"): 8, ("logistic", "cpu"): 1, ("mlp", "cpu"): 1}
+AUTO_STACK_CUDA = 32
+
+
+def stack_size(study: Study) -> int:
+    """How many trials this worker trains as one stack: the study's `stack`, or for auto the measured size for its
+    model and device, never more than memory holds. A study whose trials cannot stack gets 1, and a line why."""
+    if study.stack == 1 or study.sampler != "grid":
+        return 1
+    if study.pruner["name"] != "none" and study.stack == "auto":
+        # a stack's members move in step, and a pruned member's share of the fit is spent anyway: pruning saves
+        # time only between trials that run one after another
+        print(f"study {study.name}: each trial alone (stack=1): pruner {study.pruner['name']}", file=sys.stderr)
+        return 1
+    from lesson5.config import validate
+    from lesson5.lifecycle import quiet_config
+    from lesson5.run import pick_device, stack_capacity, stackable
+
+    cfg = quiet_config(point_overrides(study, {**study.points()[0]}))
+    conf = validate(cfg)
+    why = stackable(conf)
+    if why:
+        print(f"study {study.name}: each trial alone (stack=1): {why}", file=sys.stderr)
+        return 1
+    if study.stack != "auto":
+        return int(study.stack)
+    device = pick_device(conf.trainer.device, conf.model.name).type
+    size = AUTO_STACK_CUDA if device == "cuda" else AUTO_STACK.get((conf.model.name, device), 1)
+    return min(size, stack_capacity(cfg)) if size > 1 else 1
 
 
 def too_many_failures(study: Study, opt: optuna.Study) -> bool:
@@ -125,22 +202,22 @@ def main(study: Study, storage: str, study_name: str, parent_run_id: str, tracki
     opt = optuna.load_study(study_name=study_name, storage=stores.open_storage(storage),
                             sampler=make_sampler(study), pruner=make_pruner(study))
     code, trials = 0, 0
+    size = stack_size(study)
     try:
         while not too_many_failures(study, opt):
-            # The lock is held from the claim until Optuna has popped the claimed trial (the objective's first
-            # line releases it), so each worker runs the trial it enqueued, and none is left WAITING.
-            with contextlib.ExitStack() as claim:
-                claim.enter_context(stores.lock(storage, study_name))
+            # The lock is held from the claim until Optuna has handed out the claimed trials, so each worker runs
+            # the trials it enqueued, and none is left WAITING.
+            with stores.lock(storage, study_name):
                 stores.fail_lost_trials(opt)
-                nxt = _next(study, opt)
-                if nxt is None:
-                    break
-                if nxt:
-                    opt.enqueue_trial(nxt["params"], user_attrs=nxt["user_attrs"])
-                # a diverged or failing trial ends FAIL and the sweep goes on; Ctrl-C stops this worker
-                opt.optimize(objective(study, tracker, parent_run_id, claim), n_trials=1, catch=(Exception,),
-                             gc_after_trial=False)
-            trials += 1
+                claimed = _claim(study, opt, size)
+                for nxt in claimed:
+                    if nxt:
+                        opt.enqueue_trial(nxt["params"], user_attrs=nxt["user_attrs"])
+                asked = [opt.ask() for _ in claimed]
+            if not asked:
+                break
+            run_trials(study, tracker, parent_run_id, asked, opt, len(asked))
+            trials += len(asked)
     except KeyboardInterrupt:
         code = 130
     finally:
