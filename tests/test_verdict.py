@@ -175,6 +175,17 @@ def test_each_value_is_paired_at_its_best_setting():
     assert v.result == REPRODUCED and v.rows[0].diff == pytest.approx(0.0025)
 
 
+def test_a_setting_is_chosen_at_the_seeds_all_its_settings_share_so_later_looks_do_not_move_it():
+    """lr 0.005 got seeds 0-4 (looks 1 and 2), lr 0.01 only seeds 0-2, where it was worse; its mean over its three
+    seeds happens to be lower than 0.005's over five (seeds 3 and 4 are hard ones), but the choice is made at
+    seeds 0-2, which both have, and stays with 0.005."""
+    hard = [0.890, 0.902, 0.885, 0.930, 0.935]
+    t = trials({40: hard}, **{"optim.lr": 0.005}) + trials({40: gap(hard[:3], [0.001] * 3)}, **{"optim.lr": 0.01})
+    chosen = scores(t, P, False)["40"]
+    assert chosen.setting == {"optim.lr": 0.005} and chosen.n == 5
+    assert statistics.fmean(hard) > statistics.fmean(gap(hard[:3], [0.001] * 3))  # the mean alone would move it
+
+
 def test_only_the_seeds_both_values_have_are_paired():
     t = trials({40: BASE, 80: gap(BASE[:2], [0.004, 0.005])})  # 80 finished two seeds of five
     assert judge(BETTER, t, False).rows[0].n == 2
