@@ -252,3 +252,24 @@ def test_two_machines_each_show_the_whole_shared_study(tmp_path, movielens_dir, 
         shown = [line for line in err.splitlines() if line.startswith("study tiny: ") and " running, " in line]
         assert shown[-1].startswith("study tiny: 6/6 trials, 0 running")
     assert not any("cannot read" in err or "Traceback" in err for _, err in outs)
+
+
+def test_a_parent_runs_end_spooled_while_its_store_is_away_is_synced_later(tmp_path):
+    """The driver's calls on a study's parent run (files, summary, end), spooled as a trial's runs are, reach the
+    store with `python -m lesson5.sync`."""
+    from mlflow import MlflowClient
+
+    from lesson5.sync import sync_one
+    from lesson5.tracking.spool import pending, spool_calls
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("e"), run_name="study tiny").info.run_id
+    folder = spool_calls(uri, parent, {"report/tiny.md": b"# Study"}, {"trials_complete": 4, "sweep_wall_seconds": 9},
+                         {"verdict": "reproduced"}, "FINISHED", root=tmp_path / "offline")
+    assert pending(tmp_path / "offline") == [folder]
+    assert sync_one(folder) == [parent] and not folder.exists()
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED" and run.data.tags["verdict"] == "reproduced"
+    assert run.data.metrics == {"trials_complete": 4.0, "sweep_wall_seconds": 9.0}
+    assert [a.path for a in client.list_artifacts(parent, "report")] == ["report/tiny.md"]

@@ -226,11 +226,40 @@ class Sweep:
         except Exception as e:  # noqa: BLE001 - the MLflow store went away: anything its client raises
             if not self._mlflow_down():
                 raise
-            print(f"error: the MLflow store {self.tracking_uri} stopped answering ({type(e).__name__}: "
-                  f"{(str(e).splitlines() or [''])[0][:300]}). The study's trials are safe in {self.storage}; when "
-                  f"the store is back, this closes its parent run {self.parent_run_id} and logs the report:\n  "
-                  f"{self._resume_command()}", file=sys.stderr)
-            return 1
+            return self._spool_end(e, time.perf_counter() - start, interrupted, crashed)
+
+    def _spool_end(self, error: Exception, wall: float, interrupted: bool, crashed: list) -> int:
+        """The MLflow store is gone at the study's end: the parent run's end (with the report, its summary and
+        verdict when the study is complete) goes to a spool, as a trial's runs do, for `python -m lesson5.sync`."""
+        from lesson5.outcome import Outcome
+        from lesson5.sweep import report
+        from lesson5.sweep import table as tables
+        from lesson5.sweep.worker import too_many_failures
+        from lesson5.tracking.spool import spool_calls
+
+        why = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+        files, metrics, tags, status, code = {}, {}, {}, "KILLED", 1
+        if interrupted or crashed and not self._complete():
+            tags = {"stop_reason": f"{'interrupted' if interrupted else f'worker exit codes {crashed}'}; "
+                                   f"resume=true continues the study"}
+            code = 130 if interrupted else 1
+        elif too_many_failures(self.study, self.opt):
+            tags = Outcome("FAILED", "error", f"more than {self.study.max_fail_rate:.0%} of the trials failed").tags()
+            status = "FAILED"
+        elif self._complete():
+            rep = report.write(self.opt, self.study)  # the files only: the store is gone
+            files, metrics, tags = report.for_parent(rep, self.opt, tables.from_optuna(self.opt, self.study),
+                                                     self.study, self.study_name, report.RESULTS)
+            metrics["sweep_wall_seconds"] = wall
+            status, code = "FINISHED", 0
+            print(f"{rep.verdict.result}: {rep.verdict.summary}\nreport: {rep.markdown_path}")
+        else:  # other machines still run trials: the last of them closes the parent
+            return 0
+        folder = spool_calls(self.tracking_uri, self.parent_run_id, files, metrics, tags, status)
+        print(f"the MLflow store {self.tracking_uri} stopped answering ({why}): the study's parent run "
+              f"{self.parent_run_id} ({status}), like its trials' runs, is spooled to {folder}; send them all with "
+              f"`python -m lesson5.sync` once the store is back", file=sys.stderr)
+        return code
 
     def _mlflow_down(self) -> bool:
         try:

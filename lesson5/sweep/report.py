@@ -303,21 +303,30 @@ def write(source: Union[Table, optuna.Study], study: Study, *, name: Optional[st
     for png_name, png in rep.plots.items():
         (out_dir / png_name).write_bytes(png)
     if client is not None and parent_run_id is not None:
-        from lesson5.sweep import study_plots
-
-        names = [rep.markdown_path.name, *rep.plots, *([table_path.name] if table_path else [])]
-        # Optuna's own views, on the parent run only: drawn from the live study (pruned trials, times) when given
-        opt = source if isinstance(source, optuna.Study) else tables.optuna_study(table, study)
-        views = study_plots.draw(opt, study, name)
-        log_files(client, parent_run_id, {**{f"report/{n}": (out_dir / n).read_bytes() for n in names},
-                                          **{f"report/{n}": png for n, png in views.items()}})
-        count = state_counts(table.trials())
-        metrics = {f"trials_{state.lower()}": n for state, n in count.items()}
-        done = table.trials("COMPLETE")
-        if done:
-            metrics[f"best_{study.metric}"] = (max if study.direction == "maximize" else min)(r.value for r in done)
-        tags = {"verdict": rep.verdict.result, "verdict.summary": rep.verdict.summary}
-        if rep.control is not None:
-            tags.update({"control": rep.control.result, "control.summary": rep.control.summary})
+        files, metrics, tags = for_parent(rep, source, table, study, name, out_dir)
+        log_files(client, parent_run_id, files)
         log_summary(client, parent_run_id, metrics=metrics, tags=tags)
     return rep
+
+
+def for_parent(rep: Report, source: Union[Table, optuna.Study], table: Table, study: Study, name: str,
+               out_dir: Path) -> tuple[dict[str, bytes], dict[str, float], dict[str, str]]:
+    """What the study's parent run gets for a report written under out_dir: its files by path in the run (the
+    report, its plots and table, and Optuna's own views of the study), its summary metrics and its verdict tags."""
+    from lesson5.sweep import study_plots
+
+    names = [rep.markdown_path.name, *rep.plots, *([rep.table_path.name] if rep.table_path else [])]
+    # Optuna's own views, on the parent run only: drawn from the live study (pruned trials, times) when given
+    opt = source if isinstance(source, optuna.Study) else tables.optuna_study(table, study)
+    views = study_plots.draw(opt, study, name)
+    files = {**{f"report/{n}": (out_dir / n).read_bytes() for n in names},
+             **{f"report/{n}": png for n, png in views.items()}}
+    count = state_counts(table.trials())
+    metrics = {f"trials_{state.lower()}": n for state, n in count.items()}
+    done = table.trials("COMPLETE")
+    if done:
+        metrics[f"best_{study.metric}"] = (max if study.direction == "maximize" else min)(r.value for r in done)
+    tags = {"verdict": rep.verdict.result, "verdict.summary": rep.verdict.summary}
+    if rep.control is not None:
+        tags.update({"control": rep.control.result, "control.summary": rep.control.summary})
+    return files, metrics, tags

@@ -97,6 +97,17 @@ class EndRun:
 
 
 @dataclass
+class Summary:
+    """A run's summary metrics (at step 0) and tags, and its end when `status` is given, without the plots of
+    EndRun: the calls a sweep's driver makes on the study's parent run, spooled when its store is away."""
+
+    rid: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    status: Optional[str] = None  # FINISHED, FAILED or KILLED; None: the run stays open
+
+
+@dataclass
 class Close:
     """Finish everything queued, then exit."""
 

@@ -50,3 +50,18 @@ def read(folder: Path) -> Iterator:
                 yield pickle.load(f)
             except (EOFError, pickle.UnpicklingError):
                 return
+
+
+def spool_calls(uri: str, run_id: str, files: dict[str, bytes], metrics: dict[str, float], tags: dict[str, str],
+                status: str | None, root: Path = ROOT) -> Path:
+    """A spool of the calls a process makes directly on run `run_id` (a study's parent run), for when its store
+    is away: its files, then its summary metrics, tags and end. `python -m lesson5.sync` sends them. Its folder."""
+    from lesson5.tracking.messages import LogFiles, Summary
+
+    spool = Spool(root, uri)
+    spool.add(Known(1, run_id))
+    if files:
+        spool.add(LogFiles(1, files))
+    spool.add(Summary(1, metrics, tags, status))
+    spool._file.close()
+    return spool.dir

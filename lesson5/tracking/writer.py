@@ -39,9 +39,18 @@ from lesson5.tracking.messages import (
     Pipe,
     Started,
     StartRun,
+    Summary,
 )
 from lesson5.tracking.spool import ROOT, Known, Spool
-from lesson5.tracking.store import experiment_id, fail_fast_http, fail_run, log_files, open_client, quiet_console
+from lesson5.tracking.store import (
+    experiment_id,
+    fail_fast_http,
+    fail_run,
+    log_files,
+    log_summary,
+    open_client,
+    quiet_console,
+)
 
 PER_CALL = {"metrics": 1000, "params": 100}  # MLflow's log_batch limits
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's system tag for nested runs
@@ -162,6 +171,14 @@ class Writer:
             self.client.set_terminated(run.run_id, msg.status)
             run.series = None  # closed: kept only to resolve children's parents
 
+    def summary(self, msg: Summary) -> None:
+        """Metrics and tags in one batch, then the end, if given (a run adopted as Known, such as a study's
+        parent, takes it too)."""
+        run = self.runs[msg.rid]
+        log_summary(self.client, run.run_id, metrics=msg.metrics, tags={k: v[:5000] for k, v in msg.tags.items()})
+        if msg.status is not None:
+            self.client.set_terminated(run.run_id, msg.status)
+
     def fail_open_runs(self, reason: str) -> None:
         for run in self.runs.values():
             if run.series is not None:
@@ -268,7 +285,7 @@ def _pytorch():
 
 
 HANDLERS = {StartRun: Writer.start, LogMetrics: Writer.metrics, LogFiles: Writer.files, LogModel: Writer.model,
-            EndRun: Writer.end}
+            EndRun: Writer.end, Summary: Writer.summary}
 
 
 def serve(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = False, models: bool = False) -> None:
