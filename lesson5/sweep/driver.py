@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import pickle
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -269,13 +270,18 @@ class Sweep:
             return True
 
     def _poll(self) -> None:
-        """Update the progress display; a fault in it turns it off, and never stops the sweep."""
+        """Update the progress display; a fault in it turns it off, and never stops the sweep. Ctrl-C and SIGTERM
+        wait until the read is done: cut short, it could leave the study's storage half-read in this process (a
+        journal half replayed), which the driver reads again to close the study."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             self.progress.poll()
         except Exception as e:  # noqa: BLE001 - the display is a convenience; the workers go on
             self.progress.clear()
             self.progress = None
             print(f"progress display off ({type(e).__name__}: {e})", file=sys.stderr)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile is raised now
 
     def _say(self, text: str, file=sys.stderr) -> None:
         """A line of the driver's, above the progress display."""
