@@ -19,7 +19,7 @@ A member reaches the metrics of the same trial run alone up to float reduction o
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -55,44 +55,83 @@ def stack_key(overrides: Sequence[str]) -> tuple[str, ...]:
 class Stacked(nn.Module):
     """K models of one architecture as one module: `forward(x)` maps [K, bs, ...] to [K, bs, ...].
 
-    The members stay the models their trials would train alone (their parameters are the leaves the optimizers
-    update); each forward stacks their parameters, one copy of each, and runs them at once: through the model's
-    own `forward_stack(weights, x, **kwargs)` when it has one (a batched gather, a batched matmul), else through
-    `vmap` of `functional_call`. What a member differs in besides its parameters (collab's `y_range`), its model
-    gives as forward keyword tensors, `member_kwargs()`.
+    Each parameter is one tensor with a leading member dimension (`stacked`), the leaf autograd differentiates;
+    the members keep the models their trials would train alone, their parameters now views of member k's slice,
+    so each member's own optimizer (StackOptimizer) updates the stack in place, with its slice of the gradient.
+    A forward runs every member at once: through the model's own `forward_stack(weights, x, **kwargs)` when it has
+    one (a batched gather), else through `vmap` of `functional_call`. What a member differs in besides its
+    parameters (collab's `y_range`), its model gives as forward keyword tensors, `member_kwargs()`.
     """
 
     def __init__(self, members: Sequence[nn.Module]):
         super().__init__()
         if any(True for m in members for _ in m.buffers()):
             raise ValueError(f"{type(members[0]).__name__} has buffers (batch norm): its trials do not stack")
-        self.models = nn.ModuleList(members)
         self.members, self.loss = len(members), members[0].loss
+        self._models = list(members)  # a list: their parameters are views of this module's, not more of them
         self._names = [n for n, _ in members[0].named_parameters()]
-        self._leaves = [[m.get_parameter(n) for m in members] for n in self._names]
+        self.stacked = nn.ParameterList()
+        for n in self._names:
+            w = nn.Parameter(torch.stack([m.get_parameter(n).detach() for m in members]))
+            self.stacked.append(w)
+            for k, m in enumerate(members):  # member k's parameter becomes a view of its slice
+                module, _, attr = n.rpartition(".")
+                setattr(m.get_submodule(module), attr, nn.Parameter(w.data[k]))
         kwargs = [m.member_kwargs() if hasattr(m, "member_kwargs") else {} for m in members]
         self._kwargs = {n: torch.stack([kw[n] for kw in kwargs]) for n in kwargs[0]}
 
+    def train(self, mode: bool = True) -> Stacked:
+        super().train(mode)
+        for m in self._models:  # forward_stack runs the template's own dropout and activations
+            m.train(mode)
+        return self
+
     def forward(self, x: Tensor) -> Tensor:
-        template = self.models[0]
-        weights = {n: torch.stack(leaves) for n, leaves in zip(self._names, self._leaves)}
+        template = self._models[0]
+        weights = dict(zip(self._names, self.stacked))
         kwargs = {n: v.to(x.device) for n, v in self._kwargs.items()}
         if hasattr(template, "forward_stack"):
             return template.forward_stack(weights, x, **kwargs)
         return vmap(lambda w, kw, xb: functional_call(template, w, (xb,), kw), randomness="different")(
             weights, kwargs, x)
 
+    def share_grads(self) -> None:
+        """After a backward: each member's parameter gets its slice of the stack's gradient (a view, no copy)."""
+        for n, w in zip(self._names, self.stacked):
+            for k, m in enumerate(self._models):
+                m.get_parameter(n).grad = None if w.grad is None else w.grad[k]
+            w.grad = None
+
     def layer_groups(self) -> list[list[nn.Parameter]]:
-        return [list(self.parameters())]
+        return [list(self.stacked)]
+
+    def member(self, k: int) -> nn.Module:
+        """Member k as its trial alone would leave it, after the fit: its parameters copied out of the stack."""
+        m = self._models[k]
+        for n in self._names:
+            p = m.get_parameter(n)
+            p.data = p.data.clone()
+        return m
 
 
 class StackOptimizer:
     """The members' own optimizers, each built as its trial alone builds it (so a member's updates are the same
     numbers), stepped together; `param_groups` holds all their groups for the schedule."""
 
-    def __init__(self, parts: Sequence):
-        self.parts = list(parts)
+    def __init__(self, parts: Sequence, model: Stacked):
+        self.parts, self.model = list(parts), model
         self.param_groups = [g for opt in self.parts for g in opt.param_groups]
+
+    def stepper(self, make: Callable) -> Callable[[], None]:
+        """One step of every member (`make(opt)`: lesson5.optim.stepper), each with its slice of the gradient."""
+        steps = [make(part) for part in self.parts]
+
+        def step() -> None:
+            self.model.share_grads()
+            for member_step in steps:
+                member_step()
+
+        return step
 
 
 class StackedBatches:
@@ -152,7 +191,7 @@ class MemberView:
 
     @property
     def model(self) -> nn.Module:
-        return self._learn.model.models[self.k]
+        return self._learn.model.member(self.k)
 
     @property
     def opt(self):
@@ -208,9 +247,9 @@ def learner(confs: Sequence[Config], fold: Fold, members: Sequence[nn.Module], d
     conf = confs[0]
     if isinstance(fold.train, Dataset):
         raise ValueError(f"data={conf.data.name} is read through a DataLoader: its trials do not stack")
-    model = Stacked(members).to(device)
+    model = Stacked(members)  # the members are on `device` already: their parameters become views of its own
     opt = StackOptimizer([optim.build(c.optim, m.layer_groups(), [c.optim.lr] * len(m.layer_groups()))
-                          for c, m in zip(confs, members)])
+                          for c, m in zip(confs, members)], model)
     mom_key = optim.momentum_key(conf.optim)
     recorders = [Recorder(mom_key) for _ in confs]
     scheduler = ParamScheduler(conf.schedule, mom_key)

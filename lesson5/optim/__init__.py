@@ -79,13 +79,7 @@ def stepper(opt) -> Callable[[], None]:
     `opt.step()` (tests/test_optim.py).
     """
     if hasattr(opt, "parts"):  # a stack's optimizers (lesson5.stack.StackOptimizer), one per member
-        steps = [stepper(part) for part in opt.parts]
-
-        def step_all() -> None:
-            for step in steps:
-                step()
-
-        return step_all
+        return opt.stepper(stepper)
     if isinstance(opt, DecoupledDecay):
         inner = stepper(opt.opt)
 
