@@ -160,3 +160,33 @@ def test_a_bad_stack_size_is_refused_naming_the_key(bad):
     with pytest.raises(ConfigError, match="stack"):
         spec.parse_stack(bad)
     assert spec.parse_stack("auto") == "auto" and spec.parse_stack("4") == 4
+
+
+@pytest.mark.slow
+def test_a_sweep_with_stacks_gives_each_trial_the_value_it_gets_alone(tmp_path, movielens_dir):
+    """The same grid (two lrs x two seeds, collab) swept with stack=auto (one stack of four) and stack=1: every
+    trial is its own Optuna trial and MLflow run, with the same value either way."""
+    import optuna
+    from test_sweep import runs_of, sweep, write_study
+
+    args = [f"data.path={movielens_dir}", "data.verify=false", "trainer.epochs=2", "progress=false"]
+    values = {}
+    for stack_size in ("auto", "1"):
+        folder = tmp_path / stack_size
+        folder.mkdir()
+        study = write_study(folder, space={"optim.lr": {"choices": [0.01, 0.02]}}, seeds=[0, 1],
+                            rule={"kind": "best", "param": "optim.lr", "value": 0.01},
+                            control={"kind": "best", "param": "optim.lr", "value": 0.02})
+        done = sweep(folder, study, f"stack={stack_size}", *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        opt = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(folder / "sweeps.journal"))))
+        assert sorted(t.user_attrs["stack"] for t in opt.trials) == ([4] * 4 if stack_size == "auto" else [1] * 4)
+        values[stack_size] = {(t.params["optim.lr"], t.params["trainer.seed"]): t.value for t in opt.trials}
+        (parent,), children = runs_of(folder, "tiny")
+        assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+        assert parent.info.status == "FINISHED"
+    assert values["auto"].keys() == values["1"].keys()
+    assert all(abs(values["auto"][k] - values["1"][k]) <= 1e-6 for k in values["1"])
+    bad = sweep(tmp_path, tmp_path / "1" / "tiny.yaml", "stack=0", *args)
+    assert bad.returncode == 2 and "stack='0'" in bad.stderr
