@@ -22,6 +22,7 @@ import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from lesson5.callback import Callback  # noqa: E402
+from lesson5.errors import ConfigError  # noqa: E402
 from lesson5.outcome import outcome  # noqa: E402
 from lesson5.sweep import storage as stores  # noqa: E402
 from lesson5.sweep.spec import Param, Study  # noqa: E402
@@ -64,8 +65,8 @@ def trial_overrides(study: Study, trial: optuna.Trial) -> list[str]:
     return [p.override(params[p.key]) for p in study.space] + [f"trainer.seed={seed}"]
 
 
-def run_trials(study: Study, tracker: Tracker, parent_run_id: str, trials: list[optuna.Trial], opt: optuna.Study,
-               size: int) -> None:
+def run_trials(study: Study, tracker: Tracker, parent_run_id: str, trials: list[optuna.Trial],
+               opt: optuna.Study) -> None:
     """Run claimed trials, alone or, several, as one stack (lesson5.stack), each its own lesson5 run under the
     parent and its own Optuna trial, and tell Optuna how each ended: its metric, pruned, or failed."""
     from lesson5.lifecycle import quiet_config
@@ -76,7 +77,7 @@ def run_trials(study: Study, tracker: Tracker, parent_run_id: str, trials: list[
     for t in trials:
         t.set_user_attr("host", stores.HOST)
         t.set_user_attr("pid", os.getpid())
-        t.set_user_attr("stack", size)
+        t.set_user_attr("stack", len(trials))
     cfgs = [quiet_config([*study.base, *sw], track=True, run_name=f"{study.name} trial {t.number}")
             for t, sw in zip(trials, swept)]
     tags = [{"optuna.study": t.study.study_name, "optuna.trial": str(t.number), "sweep.file": study.name}
@@ -87,17 +88,13 @@ def run_trials(study: Study, tracker: Tracker, parent_run_id: str, trials: list[
 
     try:
         if len(trials) == 1:
-            try:
-                results = [run(cfgs[0], overrides=swept[0], tracker=tracker, parent_run_id=parent_run_id,
-                               tags=tags[0], callbacks=prunes, end_tags=end_tags)]
-            except Exception as e:  # noqa: BLE001 - a diverged or failing trial ends FAIL and the sweep goes on
-                results = [e]
-        else:
-            try:
-                results = run_stack(cfgs, overrides=swept, callbacks=[[p] for p in prunes], tracker=tracker,
-                                    parent_run_id=parent_run_id, tags=tags, end_tags=[end_tags] * len(trials))
-            except Exception as e:  # noqa: BLE001 - the whole stack failed: every member with that error
-                results = [e] * len(trials)
+            results = [run(cfgs[0], overrides=swept[0], tracker=tracker, parent_run_id=parent_run_id, tags=tags[0],
+                           callbacks=prunes, end_tags=end_tags)]
+        else:  # each member's own end (diverged, pruned) comes back as its result
+            results = run_stack(cfgs, overrides=swept, callbacks=[[p] for p in prunes], tracker=tracker,
+                                parent_run_id=parent_run_id, tags=tags, end_tags=[end_tags] * len(trials))
+    except Exception as e:  # noqa: BLE001 - a diverged or failing trial (or stack) ends FAIL; the sweep goes on
+        results = [e] * len(trials)
     except BaseException as e:  # Ctrl-C: the claimed trials end FAIL, as Optuna's optimize leaves them
         for t in trials:
             _tell(opt, t, e, None)
@@ -172,17 +169,20 @@ def stack_size(study: Study) -> int:
     from lesson5.lifecycle import quiet_config
     from lesson5.run import pick_device, stack_capacity, stackable
 
-    cfg = quiet_config(point_overrides(study, {**study.points()[0]}))
+    cfg = quiet_config(point_overrides(study, study.points()[0]))
     conf = validate(cfg)
     why = stackable(conf)
     if why:
         print(f"study {study.name}: each trial alone (stack=1): {why}", file=sys.stderr)
         return 1
-    if study.stack != "auto":
-        return int(study.stack)
     device = pick_device(conf.trainer.device, conf.model.name).type
-    size = AUTO_STACK_CUDA if device == "cuda" else AUTO_STACK.get((conf.model.name, device), 1)
-    return min(size, stack_capacity(cfg)) if size > 1 else 1
+    size = study.stack if study.stack != "auto" else \
+        AUTO_STACK_CUDA if device == "cuda" else AUTO_STACK.get((conf.model.name, device), 1)
+    fits = stack_capacity(cfg) if size > 1 else 1
+    if study.stack != "auto" and size > fits:  # refused before any trial; auto never goes beyond
+        raise ConfigError(f"stack={size}: a stack of {size} trials of this study does not fit in the memory free on "
+                          f"{device}; the largest that fits is {fits} (or stack=auto)")
+    return min(size, fits)
 
 
 def too_many_failures(study: Study, opt: optuna.Study) -> bool:
@@ -216,7 +216,7 @@ def main(study: Study, storage: str, study_name: str, parent_run_id: str, tracki
                 asked = [opt.ask() for _ in claimed]
             if not asked:
                 break
-            run_trials(study, tracker, parent_run_id, asked, opt, len(asked))
+            run_trials(study, tracker, parent_run_id, asked, opt)
             trials += len(asked)
     except KeyboardInterrupt:
         code = 130
