@@ -17,9 +17,7 @@ import copy
 import io
 import json
 import platform
-import subprocess
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -64,16 +62,6 @@ def run_weights(conf: Config, run_id: str, dest: str) -> str:
             from None
 
 
-def git_commit() -> str:
-    """The commit lesson5 runs from, or `unknown` (an installed wheel, no git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(lesson5.__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def standard_tags(conf: Config, params: dict[str, Any], name: str, overrides: Sequence[str],
                   device: torch.device) -> dict[str, str]:
     """The tags every lesson5 run starts with: what ran, where, and MLflow's own source and note columns."""
@@ -82,7 +70,7 @@ def standard_tags(conf: Config, params: dict[str, Any], name: str, overrides: Se
             "device": str(device), "seed": str(conf.trainer.seed), "model": conf.model.name,
             "data": conf.data.name, "seed_group": naming.seed_group(conf, params),
             "mlflow.source.name": naming.source_name(), "mlflow.source.type": "LOCAL",
-            "mlflow.source.git.commit": git_commit(), "mlflow.note.content": naming.note(conf, name, overrides)}
+            "mlflow.source.git.commit": store.git_commit(), "mlflow.note.content": naming.note(conf, name, overrides)}
 
 
 def dataset_input(conf: Config, data: Data) -> dict[str, str]:
