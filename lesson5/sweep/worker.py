@@ -222,9 +222,12 @@ def main(study: Study, storage: str, study_name: str, parent_run_id: str, tracki
         code = 130
     finally:
         tracker.close()
-        if code == 0:  # for the throughput report: this worker's wall time and trials
+    if code == 0:  # for the throughput report: this worker's wall time and trials
+        try:
             opt.set_user_attr(f"worker {stores.HOST} {os.getpid()}", {"wall_s": time.time() - STARTED,
                                                                     "trials": trials})
+        except Exception as e:  # noqa: BLE001 - a storage lost at the end: the driver says what to do
+            print(f"worker {os.getpid()}: its wall time not recorded ({type(e).__name__}: {e})", file=sys.stderr)
     sys.exit(code)
 
 
