@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -29,6 +30,12 @@ def write_movielens(folder: Path, n_users: int = 60, n_items: int = 80, n_rating
     (folder / "u.item").write_text("".join(f"{i}|{t}|01-Jan-1995||http://x|" + "|".join("0" * 19) + "\n"
                                            for i, t in enumerate(titles, start=1)), encoding="latin-1")
     return folder
+
+
+def ctrl_c_reaches_it() -> None:
+    """For a child the test sends SIGINT: Python leaves SIGINT ignored, with no KeyboardInterrupt, in a process
+    started with it ignored (as `cmd &` does in a non-interactive shell), so the test would hang or pass wrongly."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture

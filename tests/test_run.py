@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ctrl_c_reaches_it
 from mlflow import MlflowClient
 
 from lesson5 import compose
@@ -131,7 +132,8 @@ def test_ctrl_c_marks_the_run_killed(tmp_path, movielens_dir):
     cmd = [sys.executable, "-m", "lesson5", f"data.path={movielens_dir}", "data.verify=false", "trainer.epochs=1000",
            "trainer.progress=false", "tracking.experiment=test"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=ctrl_c_reaches_it)
     deadline = time.time() + 120
     while time.time() < deadline and not _epoch_logged(tmp_path / "mlflow.db"):  # wait until training is on
         time.sleep(0.5)

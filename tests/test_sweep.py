@@ -12,6 +12,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import ctrl_c_reaches_it
 from mlflow import MlflowClient
 
 from lesson5 import metrics
@@ -321,7 +322,8 @@ def test_ctrl_c_leaves_a_consistent_study_that_resume_completes(tmp_path, moviel
     study = write_study(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "lesson5.sweep", str(study), *args], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=ctrl_c_reaches_it)
     complete = lambda: sum(t.state.name == "COMPLETE" for t in _journal_study(tmp_path).trials) >= 1  # noqa: E731
     assert _wait_for(complete)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the driver, its workers and their writers

@@ -73,3 +73,36 @@ def test_without_a_model_to_log_the_writer_never_imports_torch(tmp_path):
     assert r.info.status == "FINISHED" and r.data.metrics["lr"] == 0.2 and r.data.params["optim.lr"] == "0.1"
     arts = {a.path for d in ("model", "plots") for a in client.list_artifacts(r.info.run_id, d)}
     assert arts == {"model/weights.pt", "plots/loss.png", "plots/schedule.png", "plots/confusion_matrix.png"}
+
+
+def test_writers_logging_the_same_data_set_at_once_all_link_it(tmp_path):
+    """MLflow inserts a data set it has not seen; writers starting runs together (a sweep's workers) collide on its
+    unique key, and without the retry one run of two failed to start (seen in CI, 2026-11-30)."""
+    import threading
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from lesson5.tracking.writer import log_inputs
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("race")
+    runs = [client.create_run(exp).info.run_id for _ in range(8)]
+    inputs = [DatasetInput(Dataset("movielens", "abc", "local", "src", None, None),
+                           [InputTag("mlflow.data.context", "training")])]
+    errors = []
+
+    def start(run_id):
+        try:
+            log_inputs(MlflowClient(uri), run_id, inputs)
+        except Exception as e:  # noqa: BLE001 - what the test counts
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(len(client.get_run(r).inputs.dataset_inputs) == 1 for r in runs)

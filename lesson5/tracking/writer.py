@@ -116,9 +116,11 @@ class Writer:
         self.runs[msg.rid] = RunState(run_id, experiment_id)
         self._log_batch(run_id, "params", [Param(k, v[:6000]) for k, v in msg.params.items()])
         if msg.datasets:
-            self.client.log_inputs(run_id, datasets=[
-                DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], d["source"], None, d.get("profile")),
-                             [InputTag("mlflow.data.context", d.get("context", "training"))]) for d in msg.datasets])
+            inputs = [DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], d["source"], None,
+                                           d.get("profile")),
+                                   [InputTag("mlflow.data.context", d.get("context", "training"))])
+                      for d in msg.datasets]
+            log_inputs(self.client, run_id, inputs)
         self.files(LogFiles(msg.rid, msg.files))
 
     def store_down(self) -> bool:
@@ -401,6 +403,19 @@ def _channel() -> tuple[io.BufferedReader, io.BufferedWriter]:
     return inp, out
 
 
+def log_inputs(client, run_id: str, inputs: list, attempts: int = 3) -> None:
+    """`client.log_inputs`, retried when another writer inserted the same data set at the same moment: MLflow
+    inserts a data set it has not seen, and two writers (a sweep's workers starting their trials together) collide
+    on its unique key; the retry finds it and links the run to it."""
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as e:
+            if attempt == attempts - 1 or not any(s in str(e) for s in ("UNIQUE constraint", "duplicate key")):
+                raise
+
+
 def main() -> None:
     """The writer process: read the settings, serve, then leave without tearing down MLflow's modules, which the
     trainer would wait for."""
@@ -423,3 +438,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
