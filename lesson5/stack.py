@@ -1,26 +1,28 @@
 """Core: stacked trials, K models of one shape trained as one, their parameters carrying a leading member dimension.
 
 A lesson-recipe step is some 45 tiny kernels on a model of 107k parameters: kernel launches and Python dispatch
-cost more than the arithmetic, so K trials that differ only in numbers (seed, lr, wd, momentum, betas, eps, y_range,
-dropout) pay that overhead once when run as one fit. The Learner trains a `Stacked` model like any other; what
-differs is carried by the parts:
+cost more than the arithmetic, so K trials that differ only in numbers (seed, lr, wd, momentum, betas, eps,
+y_range) pay that overhead once when run as one fit. The Learner trains a stack with its one loop; what differs is
+carried by the parts:
 
-- `Stacked`: the members' parameters stacked (`torch.func.stack_module_state`), run with `vmap` over
-  `functional_call`; a batch is [K, bs, ...], an output [K, bs, ...], and its loss one value per member;
-- `StackedBatches`: each member's own batch order, from its own seed (the same order as the trial run alone);
-- the optimizer: the lesson's formulas (`lesson5.optim.scratch`) with per-member hyperparameters as tensors;
+- `Stacked`: one leaf per parameter, [K, ...]; each member's parameters are views of its slice. A batch is
+  [K, bs, ...], an output [K, bs, ...], and the loss one value per member (their sum is differentiated);
+- `StackedBatches`: each member's own batch order, from its own seed (the order of the trial run alone);
+- `StackOptimizer`: each member's own optimizer, built as its trial alone builds it, stepped with its slice of
+  the gradient, so its hyperparameters (lr, wd, momentum, ...) and its update are the trial's own;
 - `ForMember`: a callback of one member (its recorder, its tracking, its pruning) sees that member alone through a
   `MemberView`; when it raises (pruned), or the member's loss diverges, that member is out of the stack: its
   callbacks stop and its error is kept for its trial, while the others go on.
 
-A member reaches the metrics of the same trial run alone up to float reduction order (tests/test_stack.py).
+A member reaches the per-epoch metrics of the same trial run alone (tests/test_stack.py; equal in practice, the
+forward of each member rounding as its own would).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -32,11 +34,9 @@ from lesson5.callback import Callback, CancelFit
 from lesson5.config import Config
 from lesson5.data import Fold
 from lesson5.data.batches import PERMUTE_MAX_BYTES, TensorBatches, batches
+from lesson5.learner import Learner
 from lesson5.optim.schedule import ParamScheduler
 from lesson5.recorder import Recorder
-
-if TYPE_CHECKING:
-    from lesson5.learner import Learner
 
 # Hyperparameters a stack's members may differ in (as sweep overrides): everything else of theirs must be equal.
 # (Dropout's rate is a module's attribute, not a tensor: members that differ in it go in separate stacks.)
@@ -242,8 +242,6 @@ def learner(confs: Sequence[Config], fold: Fold, members: Sequence[nn.Module], d
     """A Learner for a stack: `members` (each built and seeded as its trial alone would be) as one `Stacked`
     model, each with its config's hyperparameters, seed and batch order, and its own Recorder
     (`learn.recorders`) and `callbacks[k]`, seeing only itself. The configs must agree on all but MEMBER_KEYS."""
-    from lesson5.learner import Learner  # the loop this stack runs in; it does not know this module
-
     conf = confs[0]
     if isinstance(fold.train, Dataset):
         raise ValueError(f"data={conf.data.name} is read through a DataLoader: its trials do not stack")
