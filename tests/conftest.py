@@ -38,6 +38,16 @@ def ctrl_c_reaches_it() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def chromium_dom(url: str, profile: Path) -> str:
+    """The page at `url` as headless Chromium renders it, once its scripts have run (up to 30 s of virtual time):
+    what a user of the MLflow UI or optuna-dashboard would see."""
+    return subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180).stdout
+
+
 @pytest.fixture
 def movielens_dir(tmp_path) -> Path:
     return write_movielens(tmp_path / "ml")

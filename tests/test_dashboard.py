@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import chromium_dom
 from optuna.distributions import FloatDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -86,11 +87,7 @@ def test_optuna_dashboard_shows_a_finished_study_and_its_trials(tmp_path):
                 time.sleep(0.5)
         (found,) = [s for s in summaries if s["study_name"] == "lesson5-dashboard-check"]
         page = f"http://127.0.0.1:{port}/dashboard/studies/{found['study_id']}/trials"
-        dom = subprocess.run(
-            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=30000", "--dump-dom", page],
-            capture_output=True, text=True, timeout=180).stdout
+        dom = chromium_dom(page, tmp_path / "chromium")
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import chromium_dom
 from mlflow import MlflowClient
 
 from lesson5 import compose, naming
@@ -141,11 +142,7 @@ def test_the_printed_link_shows_both_runs_in_a_real_browser(tiny, tmp_path):
                 assert time.monotonic() < deadline and ui.poll() is None, "mlflow ui did not start"
                 time.sleep(0.5)
         link = ui_link(uri, first.experiment_id).replace(":5000", f":{port}")
-        dom = subprocess.run(
-            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=30000", "--dump-dom", link],
-            capture_output=True, text=True, timeout=180).stdout
+        dom = chromium_dom(link, tmp_path / "chromium")
     finally:
         ui.terminate()
         ui.wait(timeout=30)
