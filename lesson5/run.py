@@ -247,12 +247,13 @@ def run_stack(cfgs: Sequence[DictConfig], *, overrides: Sequence[Sequence[str]],
         data = datasets.build(conf.data)
         members = [build_model(c, data, device) for c in confs]
         fold = data.folds[0]
-        need = stack.memory_estimate(members[0], k, sum(t.nbytes for t in fold.train))
+        rows = sum(t.nbytes for t in fold.train)
+        need = stack.memory_estimate(members[0], k, rows)
         have = available_memory(device)
         if need > have / 2:
             raise ConfigError(f"sweep.stack={k}: a stack of {k} needs about {need / 2**30:.1f} GiB, more than half "
                               f"of the {have / 2**30:.1f} GiB free on {device}; the largest that fits is "
-                              f"{stack.largest_fitting(members[0], have, sum(t.nbytes for t in fold.train))}")
+                              f"{stack.largest_fitting(members[0], have, rows)}")
         return _run_stack(cfgs, confs, data, fold, members, device, overrides, callbacks, tracker or own,
                           parent_run_id, tags, end_tags)
     finally:
