@@ -11,8 +11,11 @@ keys and an example. Exit codes, the same for every entry point: 0 done, 2 refus
 
 from __future__ import annotations
 
+import math
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -50,8 +53,11 @@ class Option:
     default: Any = None
     low: Optional[float] = None  # the smallest value allowed
     above: Optional[float] = None  # values must be greater than this
+    high: Optional[float] = None  # the largest value allowed (where a larger one can only be a mistake)
+    why_high: str = ""  # what the upper bound is, in words, for the message that refuses a larger value
     choices: Optional[Sequence[str]] = None  # for str, and for each item of a list
     required: bool = False
+    check: Optional[Callable[[Any], Optional[str]]] = None  # what is wrong with a typed value (None: nothing)
 
     def allowed(self) -> str:
         """What the option takes, in words: `an integer >= 1`, `true or false`, `one of a, b`."""
@@ -64,7 +70,8 @@ class Option:
             kind = "a comma-separated list"
         low = f" >= {self.low:g}" if self.low is not None else ""
         above = f" > {self.above:g}" if self.above is not None else ""
-        return kind + low + above
+        high = f" <= {self.high:g}" if self.high is not None else ""
+        return kind + low + above + high
 
     def parse(self, text: str) -> Any:
         """The typed value of `key=text`, or a UsageError naming the key and what it takes."""
@@ -75,19 +82,30 @@ class Option:
         if self.type is bool:
             if text.lower() not in _TRUE + _FALSE:
                 raise bad
-            return text.lower() in _TRUE
+            return self._checked(text, text.lower() in _TRUE)
         if self.type is list:
             items = [t.strip() for t in text.strip("[]").split(",") if t.strip()]
             if not items or (self.choices is not None and set(items) - set(self.choices)):
                 raise bad
-            return items
+            return self._checked(text, items)
         try:
             value = self.type(text)
         except ValueError:
             raise bad from None
+        if self.type is float and not math.isfinite(value):
+            raise UsageError(f"{self.key}={text}: expected a finite number, {self.allowed()}")
+        if self.high is not None and value > self.high:
+            raise UsageError(f"{self.key}={text}: expected {self.allowed()}"
+                             + (f" ({self.why_high})" if self.why_high else ""))
         if ((self.low is not None and value < self.low) or (self.above is not None and value <= self.above)
                 or (self.choices is not None and value not in self.choices)):
             raise bad
+        return self._checked(text, value)
+
+    def _checked(self, text: str, value: Any) -> Any:
+        problem = self.check(value) if self.check is not None else None
+        if problem:
+            raise UsageError(f"{self.key}={text}: {problem}")
         return value
 
 
@@ -232,6 +250,74 @@ def config_dir(text: str) -> Path:
         raise UsageError(f"{CONFIG_DIR} {text}: no such folder; give a folder holding your configs, such as "
                          f"DIR/experiment/NAME.yaml")
     return path
+
+
+def max_workers() -> int:
+    """The most worker processes one machine's command may start: more than 4 per CPU core, or 256, can only be
+    a mistake (each worker trains with at least one thread)."""
+    return min(256, 4 * (os.cpu_count() or 1))
+
+
+WORKERS_BOUND = f"4 per CPU core of this machine's {os.cpu_count() or 1}, at most 256"
+
+
+def plain_name(value: Any) -> Optional[str]:
+    """An Option check for a name that becomes a file name (a study's `<name>.md` and `<name>.csv`)."""
+    text = str(value)
+    if not text.strip() or text != text.strip():
+        return "give a name without leading or trailing spaces"
+    if any(c in text for c in "/\\") or text.startswith(".") or not text.isprintable():
+        return ("give a plain name (letters, digits, - and _): it names the report's files, <name>.md and "
+                "<name>.csv")
+    return None
+
+
+def describe(error: BaseException) -> str:
+    """An error's message as a user needs it: Hydra's "Error merging override trainer.epochs=abc" with its cause
+    (the value and the type it wanted), without the config search path Hydra appends."""
+    text = str(error).split("\nConfig search path:")[0].rstrip()
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        text += f": {str(cause).strip().splitlines()[0]}"
+    return text
+
+
+def checked(overrides: Sequence[str], base: Sequence[str] = ()):
+    """(cfg, conf): the config of `base` then the command line's `overrides`, composed and validated before a
+    command opens a store or reads data, so that a refused one leaves nothing behind; a ConfigError naming the
+    override and why Hydra could not take it (the cause Hydra's own message leaves out)."""
+    from lesson5.config import compose, validate
+    from lesson5.errors import ConfigError
+
+    try:
+        cfg = compose([*base, *overrides])
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"{describe(e)}\n(the command line's Hydra overrides: {' '.join(overrides) or 'none'}; "
+                          f"`lesson5 --cfg job` prints every key and its value)") from None
+    return cfg, validate(cfg)
+
+
+def writable(path: Path, key: str, folder: bool = False) -> Path:
+    """`key=path`, a file (or with `folder`, a folder) the command writes once its work is done, checked before
+    the work: the folder is made if it is missing, and a file can be created in it. A ConfigError naming the key,
+    the path and the operating system's reason."""
+    from lesson5.errors import ConfigError
+
+    target = Path(path).expanduser()
+    if not folder and target.is_dir():
+        raise ConfigError(f"{key}={path}: {target} is a folder; give a file name, such as {target / 'report.md'}")
+    if folder and target.exists() and not target.is_dir():
+        raise ConfigError(f"{key}={path}: {target} is a file; give a folder (it is made if it does not exist)")
+    where = target if folder else target.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".lesson5-probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{key}={path}: cannot write in {where.resolve() if where.is_absolute() else where} "
+                          f"({e.strerror or type(e).__name__}: {e.filename or where}); give a folder you can write "
+                          f"to") from None
+    return target
 
 
 def run(command: Command, argv: Optional[Sequence[str]], body: Callable[[SimpleNamespace], Optional[int]]) -> int:

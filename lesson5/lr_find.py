@@ -19,7 +19,7 @@ import torch
 from lesson5 import cli, naming
 from lesson5 import data as datasets
 from lesson5.callback import Callback, CancelFit
-from lesson5.config import compose, flatten, validate
+from lesson5.config import flatten
 from lesson5.errors import ConfigError
 from lesson5.learner import Learner
 from lesson5.lifecycle import TrackedRun
@@ -28,6 +28,7 @@ from lesson5.tracking import open_tracker
 
 SMOOTH = 0.98  # fastai's exponential smoothing of the loss
 STOP_FACTOR = 4.0
+MIN_STEPS = 20  # fewer steps than this cannot place a suggestion (fastai's skips the first 10)
 
 
 class LRFinder(Callback):
@@ -83,31 +84,44 @@ def plot(finder: LRFinder, suggested: float) -> bytes:
     return plots.png(fig)
 
 
-def find(overrides: list[str], start_lr: float = 1e-7, end_lr: float = 10.0):
-    """Run the finder on the config these overrides compose; returns (finder, suggested lr, MLflow run id)."""
-    cfg = compose(overrides)
-    conf = validate(cfg)
-    if not 0 < start_lr < end_lr:
-        raise ConfigError(f"start_lr={start_lr}, end_lr={end_lr}: expected 0 < start_lr < end_lr")
+def find(overrides: list[str], start_lr: float = 1e-7, end_lr: float = 10.0, base: list[str] = ()):
+    """Run the finder on the config `base` and these overrides compose; returns (finder, suggested lr, MLflow run id).
+    Everything that can be refused (the config, the lrs, a pass too short to suggest an lr) is refused before the
+    store is opened; a pass whose loss explodes within its first MIN_STEPS steps ends its run FAILED, saying so."""
+    if not (math.isfinite(start_lr) and math.isfinite(end_lr) and 0 < start_lr < end_lr):
+        raise ConfigError(f"start_lr={start_lr}, end_lr={end_lr}: expected finite lrs with 0 < start_lr < end_lr "
+                          f"(fastai's range is start_lr=1e-7 end_lr=10)")
+    cfg, conf = cli.checked(overrides, base)
     device = pick_device(conf.trainer.device, conf.model.name)
+    torch.set_num_threads(conf.trainer.threads or torch.get_num_threads())
+    data = datasets.build(conf.data)
+    finder = LRFinder(start_lr, end_lr)
+    learn = Learner.from_config(conf, data, data.folds[0], build_model(conf, data, device), device, [finder],
+                                schedule=False)
+    learn.diverge_factor = 0.0  # the finder stops the pass itself when the loss explodes
+    steps = len(learn.train)
+    if steps < MIN_STEPS:
+        raise ConfigError(f"trainer.bs={conf.trainer.bs}: the finder's pass (one epoch of the training data) would "
+                          f"be {steps} steps, and it "
+                          f"needs at least {MIN_STEPS} to suggest an lr: lower trainer.bs, or use more data")
     tracker = open_tracker(conf.tracking)
     try:
-        torch.set_num_threads(conf.trainer.threads or torch.get_num_threads())
-        data = datasets.build(conf.data)
-        finder = LRFinder(start_lr, end_lr)
-        learn = Learner.from_config(conf, data, data.folds[0], build_model(conf, data, device), device, [finder],
-                                    schedule=False)
-        learn.diverge_factor = 0.0  # the finder stops the pass itself when the loss explodes
         end_tags: dict[str, str] = {}
         with TrackedRun(tracker, experiment=naming.experiment_name(conf),
                         name=conf.tracking.run_name or f"lr_find {conf.model.name}", params=flatten(cfg),
                         tags={"lesson5.kind": "lr_find", "model": conf.model.name},
                         end_tags=lambda end: end_tags) as tracked:
             learn.fit(1)
-            suggested = finder.suggestion()
             tracked.log_metrics([("lr_find_lr", lr, i) for i, lr in enumerate(finder.lrs, 1)]
-                                + [("lr_find_loss", v, i) for i, v in enumerate(finder.losses, 1)]
-                                + [("suggested_lr", suggested, 0)])
+                                + [("lr_find_loss", v, i) for i, v in enumerate(finder.losses, 1)])
+            if len(finder.lrs) < MIN_STEPS:
+                raise ConfigError(
+                    f"end_lr={end_lr:g}: the loss exploded after {len(finder.lrs)} of {steps} steps, at lr "
+                    f"{finder.lrs[-1]:.1e}: too few steps to suggest an lr. Lower end_lr (the lr grows from "
+                    f"start_lr={start_lr:g} by {(end_lr / start_lr) ** (1 / max(steps - 1, 1)):.3g}x a step), or "
+                    f"give a smaller trainer.bs for more steps")
+            suggested = finder.suggestion()
+            tracked.log_metrics([("suggested_lr", suggested, 0)])
             if tracked.tracked:
                 tracked.log_files({"plots/lr_find.png": plot(finder, suggested)})
             end_tags["suggested_lr"] = f"{suggested:.3g}"
@@ -125,12 +139,12 @@ COMMAND = cli.Command(
             "run.",
     example="start_lr=1e-6 model=mlp data=mnist",
     options=(cli.Option("start_lr", float, "the first step's lr", default=1e-7, above=0),
-             cli.Option("end_lr", float, "the lr the pass grows to", default=10.0, above=0)),
+             cli.Option("end_lr", float, "the lr the pass grows to (above start_lr)", default=10.0, above=0)),
     overrides="the run")
 
 
 def _find(args) -> int:
-    finder, suggested, run_id = find(["trainer.progress=false", *args.overrides], args.start_lr, args.end_lr)
+    finder, suggested, run_id = find(args.overrides, args.start_lr, args.end_lr, base=["trainer.progress=false"])
     print(f"lr finder: {len(finder.lrs)} steps from {finder.lrs[0]:.1e} to {finder.lrs[-1]:.1e}; "
           f"lowest smoothed loss {min(finder.losses):.4f}; suggested lr {suggested:.2e}")
     if run_id:
