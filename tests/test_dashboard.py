@@ -94,3 +94,61 @@ def test_optuna_dashboard_shows_a_finished_study_and_its_trials(tmp_path):
     shown = _text(dom)
     assert "lesson5-dashboard-check" in shown and "6 Trials" in shown, shown[:2000]
     assert shown.count("Complete") >= 5 and "Pruned" in shown
+
+
+def _journal_with_a_study(path: Path) -> Path:
+    study = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path))))
+    study.add_trial(create_trial(params={"optim.wd": 0.1}, value=0.9,
+                                 distributions={"optim.wd": FloatDistribution(0.001, 1.0, log=True)}))
+    return path
+
+
+def _dashboard(*argv: str) -> int:
+    from lesson5.dashboard import main
+
+    return main(list(argv))
+
+
+def test_lesson5_dashboard_serves_a_readable_storage(tmp_path, monkeypatch):
+    import optuna_dashboard
+
+    served = {}
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port: served.update(
+        studies=[s.study_name for s in storage.get_all_studies()], host=host, port=port))
+    journal = _journal_with_a_study(tmp_path / "sweeps.journal")
+    assert _dashboard(f"storage={journal}", "port=8123") == 0
+    assert served == {"studies": ["s"], "host": "127.0.0.1", "port": 8123}
+
+
+@pytest.mark.parametrize("case", ["newer journal", "no file", "no sqlite file", "mlflow store", "no study", "port"])
+def test_lesson5_dashboard_refuses_a_storage_it_cannot_read_with_the_reason(tmp_path, capsys, case):
+    """What optuna-dashboard itself shows as an internal error (an AssertionError deep in Optuna's journal replay,
+    a schema error for an MLflow store) is refused up front: exit 2, the storage named, the reason and a fix,
+    and no file made."""
+    journal = tmp_path / "sweeps.journal"
+    db = tmp_path / "optuna.db"
+    if case == "newer journal":  # an operation this Optuna does not know, as a newer Optuna may write
+        _journal_with_a_study(journal)
+        with open(journal, "a") as f:
+            f.write(json.dumps({"op_code": 99, "worker_id": "w"}) + "\n")
+        argv, said = [f"storage={journal}"], ["Optuna", "cannot read it", "pip install optuna=="]
+    elif case == "no file":
+        argv, said = [f"storage={journal}"], ["no such file"]
+    elif case == "no sqlite file":
+        argv, said = [f"storage=sqlite:///{db}"], ["no such file"]
+    elif case == "mlflow store":
+        from mlflow import MlflowClient
+
+        MlflowClient(f"sqlite:///{db}").search_experiments()  # creates MLflow's tables
+        argv, said = [f"storage=sqlite:///{db}"], ["MLflow store, not an Optuna storage"]
+    elif case == "no study":
+        optuna.storages.RDBStorage(f"sqlite:///{db}")  # Optuna's tables, no study
+        argv, said = [f"storage=sqlite:///{db}"], ["holds no study yet"]
+    else:
+        argv, said = [f"storage={_journal_with_a_study(journal)}", "port=70000"], ["port=70000", "65535"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert _dashboard(*argv) == 2
+    err = capsys.readouterr().err
+    assert all(s in err for s in said), err
+    assert argv[-1].split("=", 1)[1] in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

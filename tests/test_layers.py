@@ -24,7 +24,7 @@ CORE = {"lesson5", "lesson5.config", "lesson5.errors", "lesson5.callback", "less
 CORE_PACKAGES = ("lesson5.data", "lesson5.models", "lesson5.optim")
 APPS = {"lesson5.__main__", "lesson5.cli", "lesson5.report", "lesson5.claims", "lesson5.reproduce",
         "lesson5.transfer", "lesson5.interpret", "lesson5.recommend", "lesson5.sync", "lesson5.lr_find",
-        "lesson5.sweep.__main__"}
+        "lesson5.sweep.__main__", "lesson5.dashboard"}
 LEVEL = {"core": 0, "services": 1, "apps": 2}
 
 
