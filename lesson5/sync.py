@@ -6,6 +6,12 @@ into the store it was meant for (or `to=`): runs that already exist there are co
 with their names, tags, parents, params, metrics (their steps and timestamps), artifacts, plots and final
 status. It is idempotent: the runs it creates are recorded in the spool as it goes (`state.json`), MLflow skips a
 metric row it already holds, and a spool is deleted only once all of it is in the store. Nothing to sync: says so.
+
+A store that cannot be reached or refuses a call leaves the spool where it is, for another try. A spool that
+cannot be read to its end (`spool.Incomplete`: cut, garbled, or its writer stopped before closing it) is sent
+up to the damage, its runs still open end FAILED with a `stop_reason` naming the file, record and byte where it
+stops, and it is moved into `damaged/` beside the others, kept for a person to look at and never read again; the
+command goes on to the other spools and exits 2. A spool its writer still holds is skipped, and said so.
 """
 
 from __future__ import annotations
@@ -19,13 +25,18 @@ from typing import Optional
 from lesson5 import cli
 from lesson5.errors import TrackingError
 from lesson5.tracking.messages import StartRun
-from lesson5.tracking.spool import ROOT, Known, pending, read
-from lesson5.tracking.store import fail_fast_http
+from lesson5.tracking.spool import ROOT, Incomplete, InUse, Known, locked, pending, read
+from lesson5.tracking.store import fail_fast_http, fail_run
+
+
+class Damaged(TrackingError):
+    """A spool that could not be read to its end: sent up to the damage, its open runs FAILED, moved aside."""
 
 
 def sync_one(folder: Path, to: Optional[str] = None) -> list[str]:
-    """Replay one spool into its store; returns the MLflow run ids it holds. Raises TrackingError, keeping the
-    spool, when the store cannot be reached or refuses a call."""
+    """Replay one spool into its store and delete it; returns the MLflow run ids it holds. Raises TrackingError,
+    keeping the spool, when the store cannot be reached or refuses a call; Damaged, once the spool is handled
+    as the module's docstring says, when it cannot be read to its end; InUse when another process holds it."""
     from lesson5.tracking.writer import HANDLERS, RunState, Writer
 
     target = (folder / "target").read_text().strip()
@@ -38,28 +49,47 @@ def sync_one(folder: Path, to: Optional[str] = None) -> list[str]:
     state_path = folder / "state.json"
     state: dict[str, str] = json.loads(state_path.read_text()) if state_path.exists() else {}
     exists = lambda run_id: _exists(w.client, run_id)  # noqa: E731
-    try:
-        for msg in read(folder):
-            if isinstance(msg, Known):
-                if uri == target and str(msg.rid) not in state:
-                    state[str(msg.rid)] = msg.run_id
-                if state.get(str(msg.rid)) and exists(state[str(msg.rid)]):
-                    w.runs[msg.rid] = RunState(state[str(msg.rid)], "", series=None)  # ended: kept for its children
-            elif isinstance(msg, StartRun):
-                if state.get(str(msg.rid)) and exists(state[str(msg.rid)]):
-                    run_id = state[str(msg.rid)]
-                    w.adopt(msg, run_id, w.client.get_run(run_id).info.experiment_id)
-                else:
-                    state[str(msg.rid)] = w.start(msg).run_id
-                    state_path.write_text(json.dumps(state))  # before anything else: a rerun reuses the run
-            elif type(msg) in HANDLERS and msg.rid in w.runs:
-                HANDLERS[type(msg)](w, msg)
-    except Exception as e:  # noqa: BLE001 - the spool stays for another try
+    aside = folder.parent / "damaged" / folder.name
+    with locked(folder):
+        try:
+            try:
+                for msg in read(folder):
+                    if isinstance(msg, Known):
+                        if uri == target and str(msg.rid) not in state:
+                            state[str(msg.rid)] = msg.run_id
+                        if state.get(str(msg.rid)) and exists(state[str(msg.rid)]):
+                            w.runs[msg.rid] = RunState(state[str(msg.rid)], "", series=None)  # ended: for children
+                    elif isinstance(msg, StartRun):
+                        if state.get(str(msg.rid)) and exists(state[str(msg.rid)]):
+                            run_id = state[str(msg.rid)]
+                            w.adopt(msg, run_id, w.client.get_run(run_id).info.experiment_id)
+                        else:
+                            state[str(msg.rid)] = w.start(msg).run_id
+                            state_path.write_text(json.dumps(state))  # before anything else: a rerun reuses the run
+                    elif type(msg) in HANDLERS and msg.rid in w.runs:
+                        HANDLERS[type(msg)](w, msg)
+                cut = None
+            except Incomplete as e:
+                cut = e
+                for run in w.runs.values():
+                    if w.client.get_run(run.run_id).info.status == "RUNNING":
+                        fail_run(w.client, run.run_id, f"lesson5.sync: the spool {cut}; it is kept in {aside}")
+        except Exception as e:  # noqa: BLE001 - the spool stays for another try
+            state_path.write_text(json.dumps(state))
+            again = ("the store stopped answering: running sync again continues it" if w.store_down() else
+                     "running sync again replays it, so first fix what the store refused")
+            raise TrackingError(f"syncing {folder} into {uri} failed ({type(e).__name__}: {e}); the spool is kept, "
+                                f"and {again}") from None
+        run_ids = sorted(set(state.values()))
+        if cut is None:
+            shutil.rmtree(folder)
+            return run_ids
         state_path.write_text(json.dumps(state))
-        raise TrackingError(f"syncing {folder} into {uri} failed ({type(e).__name__}: {e}); the spool is kept, "
-                            f"and running sync again continues it") from None
-    shutil.rmtree(folder)
-    return sorted(set(state.values()))
+        aside.parent.mkdir(exist_ok=True)
+        folder.rename(aside)
+    raise Damaged(f"the spool {cut}. What it holds before that is in {uri} ({len(run_ids)} run(s): "
+                  f"{', '.join(run_ids) or 'none'}), and its runs left open ended FAILED; it is kept in {aside}, "
+                  f"where sync does not read it again")
 
 
 def _exists(client, run_id: str) -> bool:
@@ -85,10 +115,19 @@ def _sync(args) -> int:
     if not spools:
         print(f"nothing to sync: no spooled runs under {args.dir.resolve()}")
         return 0
+    code = cli.DONE
     for folder in spools:
-        run_ids = sync_one(folder, args.to)
+        try:
+            run_ids = sync_one(folder, args.to)
+        except InUse as e:
+            print(f"skipped {folder.name}: {e}; sync it once that process is done")
+            continue
+        except Damaged as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = cli.REFUSED
+            continue
         print(f"synced {folder.name}: {len(run_ids)} run(s) ({', '.join(run_ids)})")
-    return 0
+    return code
 
 
 def main(argv: Optional[list[str]] = None) -> int:

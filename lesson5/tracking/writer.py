@@ -323,6 +323,8 @@ def serve(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = Fals
                 w.fail_open_runs("the training process exited without closing this run")
             return
         if isinstance(msg, Close):
+            if spool is not None:
+                spool.close()  # its End record: sync can tell it whole
             outbox.put(Closed(str(spool.dir) if spool is not None else None))
             return
         if spool is not None:
