@@ -141,6 +141,9 @@ COMMAND = cli.Command(
 
 
 def _reproduce(args) -> int:
+    # refused before a store is opened or a claim measured: the overrides (every run gets them) and the report's file
+    cli.checked(args.overrides)
+    cli.writable(args.out, "out")
     start = time.perf_counter()
     ctx = Context(args.quick, args.overrides, reuse=args.reuse)
     rows = measure_all(ctx, args.only)

@@ -308,6 +308,10 @@ COMMAND = cli.Command(
 
 
 def _transfer(args) -> int:
+    # refused before a store is opened or a run trained: the overrides, for both steps, and the report's file
+    for step in ("pretrain", "mnist"):
+        cli.checked(args.overrides, [f"experiment=transfer_{step}", *(QUICK[step] if args.quick else [])])
+    cli.writable(args.out, "out")
     protocol = Protocol(args.quick, args.overrides, args.seeds)
     out = protocol.all()
     command = " ".join(["python -m lesson5.transfer", *args.argv])
