@@ -19,7 +19,7 @@ COMMAND = cli.Command(
     example="storage=sweeps.journal port=8080",
     options=(cli.Option("storage", str, "the journal file or database URL a sweep printed", default=DEFAULT_JOURNAL),
              cli.Option("host", str, "the address to serve on", default="127.0.0.1"),
-             cli.Option("port", int, "the port to serve on", default=8080, low=1)))
+             cli.Option("port", int, "the port to serve on", default=8080, low=1, high=65535)))
 
 
 def _serve(args) -> None:

@@ -83,8 +83,6 @@ def _fix(storage: str, e: Exception) -> str:
 
 def serve(storage: str, host: str, port: int) -> None:
     """optuna-dashboard on `storage`, read first (`readable`), until interrupted."""
-    if port > 65535:
-        raise ConfigError(f"port={port}: a port is at most 65535")
     opened = readable(storage)
     try:
         from optuna_dashboard import run_server
