@@ -106,7 +106,7 @@ def read(folder: Path) -> Iterator:
     with open(file, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if f.read(len(MAGIC)) != MAGIC:
-            raise Incomplete(file, 1, 0, "is not", f"a lesson5 spool: it does not start with {MAGIC!r}")
+            raise Incomplete(file, 1, 0, "is cut, or not a lesson5 spool,", f"it does not start with {MAGIC!r}")
         record, offset = 1, len(MAGIC)
         while True:
             at = (file, record, offset)
