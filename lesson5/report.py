@@ -30,7 +30,7 @@ COMMAND = cli.Command(
              cli.Option("table", Path, "source=table: the results table (default: OUT/<study_name>.csv)"),
              cli.Option("storage", str, "source=journal: the Optuna storage the study ran in (a journal file or a "
                                         "database URL)", default=stores.DEFAULT_JOURNAL),
-             cli.Option("study_name", str, "the study's name (default: the file's name)"),
+             cli.Option("study_name", str, "the study's name (default: the file's name)", check=cli.plain_name),
              cli.Option("out", Path, "the folder for the Markdown and plots (default: sweeps/results)")),
     overrides="checking the study file, as given to lesson5-sweep")
 
@@ -40,10 +40,9 @@ def _report(args) -> int:
 
     study = spec.load(args.study, args.overrides)
     name = args.study_name or study.name
-    out = args.out or report.RESULTS
+    out = cli.writable(args.out or report.RESULTS, "out", folder=True)  # before the storage is read
     client = parent = None
     if args.source == "journal":
-        from lesson5.config import compose, validate
         from lesson5.sweep.driver import PARENT_ATTR
         from lesson5.tracking.store import open_client, resolve_uri
 
@@ -51,7 +50,7 @@ def _report(args) -> int:
         study.base = list(opt.user_attrs.get("base", study.base))
         parent = opt.user_attrs.get(PARENT_ATTR)
         if parent:
-            client = open_client(resolve_uri(validate(compose(study.base)).tracking.uri))
+            client = open_client(resolve_uri(cli.checked(study.base)[1].tracking.uri))
         rep = report.write(opt, study, name=name, client=client, parent_run_id=parent, out_dir=out)
     else:
         rep = report.write(tables.read(args.table or out / f"{name}.csv", study), study, name=name, out_dir=out)

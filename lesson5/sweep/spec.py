@@ -197,7 +197,7 @@ def load(name_or_path: str, overrides: list[str] = ()) -> Study:
                   sampler=raw.get("sampler", "tpe"), pruner=pruner, max_fail_rate=float(raw.get("max_fail_rate", 0.5)),
                   final=list(raw["final"]["overrides"]) if raw.get("final") else None)
     study.stack = parse_stack(raw.get("stack", "auto"), f"{path}: stack")
-    _check(study, raw.get("n_trials"))
+    _check(study, raw.get("n_trials"), list(overrides))
     _check_looks(study, raw.get("max_seeds", len(study.seeds)), raw.get("looks", 1))
     return study
 
@@ -247,9 +247,28 @@ def check_pruner(study: Study) -> None:
         raise ConfigError(f"{study.path}: pruner: {study.pruner.get('name')!r} is not one of {', '.join(PRUNERS)}")
 
 
-def _check(study: Study, n_trials: Optional[int]) -> None:
+def _blame(study: Study, overrides: list[str], extra: list[str], error: Exception, what: str) -> ConfigError:
+    """The error for a config that does not compose or validate: the command line's overrides are named when the
+    study file's own base composes without them, the file otherwise (`what` says which of its parts)."""
+    from lesson5.cli import describe
+
+    message = str(error) if isinstance(error, ConfigError) else describe(error)
+    if overrides:
+        own = study.base[:len(study.base) - len(overrides)]
+        try:
+            validate(compose([*own, *extra]))
+        except Exception:  # noqa: BLE001 - the file is wrong too: say so, as below
+            pass
+        else:
+            return ConfigError(f"the command line's {' '.join(overrides)}: {message} (the study file {study.path} "
+                               f"composes without them)")
+    return ConfigError(f"{study.path}: {what}: {message}")
+
+
+def _check(study: Study, n_trials: Optional[int], overrides: list[str] = ()) -> None:
     """Everything about the study that can be wrong, before a trial runs: choices, the rule, and one trial's
-    config (so an unknown key, a bad value or an objective its model does not log is caught here)."""
+    config (so an unknown key, a bad value or an objective its model does not log is caught here). A config
+    that only the command line's `overrides` break is blamed on them, not on the file."""
     from lesson5 import models  # here, not at the top: it imports torch, which the sweep driver never needs
 
     path = study.path
@@ -275,12 +294,14 @@ def _check(study: Study, n_trials: Optional[int]) -> None:
     if study.n_trials < 1:
         raise ConfigError(f"{path}: n_trials must be >= 1")
     first = [p.override(p.example()) for p in study.space]
+    seed = [f"trainer.seed={study.seeds[0]}"]
     try:
-        conf = validate(compose([*study.base, *first, f"trainer.seed={study.seeds[0]}"]))
+        conf = validate(compose([*study.base, *first, *seed]))
     except ConfigError as e:
-        raise ConfigError(f"{path}: a trial's config is invalid: {e}") from None
+        raise _blame(study, overrides, [*first, *seed], e, "a trial's config is invalid") from None
     except Exception as e:  # noqa: BLE001 - Hydra's composition errors name the key
-        raise ConfigError(f"{path}: base or space names something Hydra cannot compose: {e}") from None
+        raise _blame(study, overrides, [*first, *seed], e, "base or space names something Hydra cannot compose") \
+            from None
     logged = models.LOGGED[models.LOSSES[conf.model.name]]
     if study.metric not in logged:
         raise ConfigError(f"{path}: objective.metric: {study.metric!r} is not logged by model "
@@ -289,7 +310,8 @@ def _check(study: Study, n_trials: Optional[int]) -> None:
         try:
             validate(compose([*study.base, *first, *study.final]))
         except Exception as e:  # noqa: BLE001 - ConfigError or Hydra's composition errors
-            raise ConfigError(f"{path}: final.overrides do not compose with the base: {e}") from None
+            raise _blame(study, overrides, [*first, *study.final], e, "final.overrides do not compose with the base") \
+                from None
     check_rule(study)
     if study.control is not None:
         check_rule(study, study.control, "control")
@@ -300,4 +322,5 @@ def _check(study: Study, n_trials: Optional[int]) -> None:
             try:
                 validate(compose([*study.base, *first, *study.final, *study.control["overrides"]]))
             except Exception as e:  # noqa: BLE001 - ConfigError or Hydra's composition errors
-                raise ConfigError(f"{path}: control.overrides do not compose with the base: {e}") from None
+                raise _blame(study, overrides, [*first, *study.final, *study.control["overrides"]], e,
+                             "control.overrides do not compose with the base") from None

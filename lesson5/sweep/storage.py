@@ -15,6 +15,7 @@ pid, and a claim fails the RUNNING trials of this host whose process is gone.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import socket
 import warnings
@@ -58,7 +59,24 @@ def open_storage(storage: str):
                                               engine_kwargs={"pool_pre_ping": True})
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's and the driver's errors vary
         raise ConfigError(f"storage={storage}: cannot open the Optuna storage ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0]}). Start the database or fix the URL.") from None
+                          f"{(str(e).splitlines() or [''])[0]}). {_fix(storage, e)}") from None
+
+
+def _fix(storage: str, error: Exception) -> str:
+    """What to do about a database URL that cannot be opened: install its driver, or start the database.
+    lesson5's `postgres` extra installs psycopg2, and SQLAlchemy 2.1 takes a plain postgresql:// URL to mean
+    psycopg (version 3): such a URL needs the driver named, postgresql+psycopg2://."""
+    if not isinstance(error, ImportError):
+        return "Start the database or fix the URL."
+    scheme, _, rest = storage.partition("://")
+    if scheme.split("+")[0] not in ("postgresql", "postgres"):
+        return (f"Its database driver{f' ({error.name})' if error.name else ''} is not installed: pip install it, "
+                f"or name an installed one in the URL (dialect+driver://...).")
+    named = f"postgresql+psycopg2://{rest}"
+    if importlib.util.find_spec("psycopg2") is not None and scheme != "postgresql+psycopg2":
+        return f"psycopg2 is installed, and {scheme}:// asks for {error.name or 'another driver'}: give storage={named}"
+    return (f"The PostgreSQL driver is not installed ({error.name or error}): pip install -e \".[postgres]\" in the "
+            f"checkout (or pip install psycopg2-binary), and give storage={named}")
 
 
 def load_study(storage: str, study_name: str) -> optuna.Study:
