@@ -320,6 +320,23 @@ def writable(path: Path, key: str, folder: bool = False) -> Path:
     return target
 
 
+def existing_store(uri: Optional[str], key: str = "tracking.uri") -> str:
+    """The MLflow store a command reads runs from (default: sqlite:///mlflow.db in this folder), refused naming its
+    file when it is an SQLite file that does not exist: opening it would create an empty store."""
+    from lesson5.errors import ConfigError
+    from lesson5.tracking.store import resolve_uri
+
+    resolved = resolve_uri(uri)
+    if resolved.startswith("sqlite:///"):
+        path = Path(resolved[len("sqlite:///"):].split("?", 1)[0])
+        if str(path) not in ("", ":memory:") and not path.is_file():
+            given = f"{key}={uri}" if uri else f"the default store, as no {key}= was given"
+            raise ConfigError(f"no MLflow store at {path} ({given}): run the command in the folder that holds the "
+                              f"run's mlflow.db, or give {key}=sqlite:////abs/path/mlflow.db or a server's "
+                              f"http://host:5000")
+    return resolved
+
+
 def run(command: Command, argv: Optional[Sequence[str]], body: Callable[[SimpleNamespace], Optional[int]]) -> int:
     """Parse argv (default: sys.argv[1:]) for `command` and call body with what it holds; the shared exit codes:
     0 done (or --help), 2 refused input (a bad command line, or a Lesson5Error from body), 130 interrupted."""

@@ -31,6 +31,7 @@ from lesson5.bias import LESSON_TOP, MIN_RATINGS, artifacts
 from lesson5.errors import ConfigError
 
 SHOW = 15
+PCA_ITEMS = 4  # the fewest items the 3 principal components take
 
 
 def which(min_ratings: int, top: Optional[int] = None) -> str:
@@ -44,6 +45,41 @@ def which(min_ratings: int, top: Optional[int] = None) -> str:
 def min_ratings_for(min_ratings: Optional[int], top: Optional[int]) -> int:
     """min_ratings= as given, else 50 without top= and 0 with it (the lesson's protocol has no count threshold)."""
     return min_ratings if min_ratings is not None else (MIN_RATINGS if top is None else 0)
+
+
+def refuse_empty(loaded, min_ratings: int, top: Optional[int], need_items: int = PCA_ITEMS,
+                 users: bool = True) -> None:
+    """A ConfigError, before anything is logged, when min_ratings= and top= keep fewer than `need_items` items (or,
+    with `users`, no user): an empty table must not replace a run's results. It names the key, how many there
+    are, and the largest value that keeps enough."""
+    import numpy as np
+
+    from lesson5.bias import keep, most_rated, ratings
+
+    x, _ = ratings(loaded.data)
+    names = loaded.data.vocab["items"]
+    counts = np.bincount(x[:, 1].numpy(), minlength=len(names))
+    kept = len(keep(counts, names, min_ratings, top))
+    n_items = len(names) - 1
+    where = f"run {loaded.run_id}'s data has {n_items} items"
+    if kept < need_items:
+        pool = most_rated(counts, names, top) if top is not None else np.arange(1, len(names))
+        what = f"{need_items} items" + (" (the principal components need 4)" if need_items == PCA_ITEMS else "")
+        if len(pool) < need_items:
+            raise ConfigError(f"top={top} keeps {len(pool)} items, fewer than the {what}; {where}: give top="
+                              f"{need_items} or more")
+        enough = int(np.sort(counts[pool])[::-1][need_items - 1])
+        raise ConfigError(f"min_ratings={min_ratings} keeps {kept} items, fewer than the {what}: {where}"
+                          + (f", the {top} most-rated among them" if top is not None else "")
+                          + f", and the most-rated has {int(counts[pool].max())} ratings. Give min_ratings={enough} "
+                            f"or less (nothing was logged: the run's interpret/ files are as they were)")
+    if users:
+        user_counts = np.bincount(x[:, 0].numpy(), minlength=len(loaded.data.vocab["users"]))[1:]
+        if not (user_counts >= min_ratings).any():
+            raise ConfigError(f"min_ratings={min_ratings} keeps no user: the most active of run {loaded.run_id}'s "
+                              f"{len(user_counts)} users has {int(user_counts.max())} ratings. Give min_ratings="
+                              f"{int(user_counts.max())} or less (nothing was logged: the run's interpret/ files are "
+                              f"as they were)")
 
 
 def show(items: pd.DataFrame, min_ratings: int, rho: float, file=None, top: Optional[int] = None) -> None:
@@ -79,8 +115,10 @@ def _interpret(args) -> int:
     from lesson5.load import load_run
 
     try:
-        loaded = load_run(args.run_id, args.tracking_uri, kind="collab")
+        uri = cli.existing_store(args.tracking_uri)  # a missing SQLite file is not made into an empty store
+        loaded = load_run(args.run_id, uri, kind="collab")
         min_ratings = min_ratings_for(args.min_ratings, args.top)
+        refuse_empty(loaded, min_ratings, args.top)  # before anything replaces the run's interpret/ files
         files, metrics, items = artifacts(loaded.model, loaded.data, min_ratings, args.top)
         from lesson5 import plots
 

@@ -55,7 +55,7 @@ COMMAND = cli.Command(
     example="0123456789abcdef0123456789abcdef user=new k=5",
     arguments=(("run_id", "the MLflow run id of a finished collab run"),),
     options=(cli.Option("user", str, "a user id of the run's data, or new", required=True),
-             cli.Option("k", int, "how many items to list", default=10, low=0),
+             cli.Option("k", int, "how many items to list", default=10, low=1),
              cli.Option("min_ratings", int, "user=new: only items with at least this many ratings", default=50,
                         low=0),
              cli.Option("top", int, "user=new: only the N most-rated items (1000: the lesson's protocol)", low=1),
@@ -67,7 +67,12 @@ def _recommend(args) -> int:
     from lesson5.load import load_run
 
     try:
-        loaded = load_run(args.run_id, args.tracking_uri, kind="collab")
+        uri = cli.existing_store(args.tracking_uri)  # a missing SQLite file is not made into an empty store
+        loaded = load_run(args.run_id, uri, kind="collab")
+        if args.user == "new":
+            from lesson5.interpret import refuse_empty
+
+            refuse_empty(loaded, args.min_ratings, args.top, need_items=1, users=False)
         table = (for_new_user(loaded, args.k, args.min_ratings, args.top) if args.user == "new"
                  else for_user(loaded, args.user, args.k))
     except ValueError as e:
