@@ -39,6 +39,7 @@ def sync_one(folder: Path, to: Optional[str] = None) -> list[str]:
     as the module's docstring says, when it cannot be read to its end; InUse when another process holds it."""
     from lesson5.tracking.writer import HANDLERS, RunState, Writer
 
+    folder = folder.resolve()  # its paths, in messages and stop_reason tags, mean something from anywhere
     target = (folder / "target").read_text().strip()
     uri = to or target
     try:
