@@ -104,7 +104,8 @@ def _exists(client, run_id: str) -> bool:
 COMMAND = cli.Command(
     name="lesson5-sync", module="lesson5.sync",
     summary="send the runs spooled while their MLflow store was away (or with tracking.mode=offline) to the store; "
-            "idempotent, and a spool is deleted only once all of it is in the store.",
+            "idempotent, and a spool is deleted only once all of it is in the store; one that cannot be read to its "
+            "end is sent up to the damage, its open runs FAILED, and it is moved to damaged/ (exit code 2).",
     example="to=http://127.0.0.1:5000",
     options=(cli.Option("to", str, "the store to send to (default: the one each run was meant for)"),
              cli.Option("dir", Path, "where the spools are", default=ROOT)))
