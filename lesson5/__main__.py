@@ -1,13 +1,17 @@
 """Apps: `lesson5 [key=value ...]` (or `python -m lesson5`): compose the config with Hydra, run it, print the
-metrics and the run. `--help` lists the config groups and an example."""
+metrics and the run. `--help` lists the config groups and an example.
+
+Ctrl-C or SIGTERM (to this process or to its whole group: `timeout`, `scancel`, a container's stop) ends the run as
+KILLED with the metrics logged until then, and exits 130 (SIGINT) or 143 (SIGTERM); the MLflow writer ignores
+both, and is closed once the run is (`lesson5.process.Stop`). A Hydra multirun (`-m key=a,b`) checks every job's
+config before the first one trains."""
 
 from __future__ import annotations
 
 import dataclasses
-import signal
 import sys
 
-from lesson5.process import fast_exit, pause_gc, resume_gc
+from lesson5.process import Stop, fast_exit, pause_gc, resume_gc
 
 # Start-up (hydra, torch, torch.optim's dynamo, pandas) makes ~600k objects: the collector stays off until the fit
 # starts (ResumeGc), then everything made so far is frozen out of its scans.
@@ -15,12 +19,15 @@ pause_gc()
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from lesson5 import cli  # noqa: E402
 from lesson5.callback import Callback  # noqa: E402
-from lesson5.config import CONF_PACKAGE, Config, validate  # noqa: E402
-from lesson5.errors import Lesson5Error  # noqa: E402
+from lesson5.config import CONF_PACKAGE, Config, compose, validate  # noqa: E402
+from lesson5.errors import ConfigError, Lesson5Error  # noqa: E402
 from lesson5.tracking import open_tracker, ui_command, ui_link  # noqa: E402
 
 # Hydra's own flags, which it parses itself (anything else starting with - is refused with our usage).
@@ -50,12 +57,8 @@ def usage() -> str:
 
 def help_text() -> str:
     """The --help text: what it does, its keys, exit codes and an example."""
-    return (f"lesson5: {SUMMARY}\n\n{usage()}\n\nexit codes: 0 done, 2 refused input, 130 interrupted\n\n"
-            f"example:\n  lesson5 {EXAMPLE}\n  lesson5 --config-dir ./myconf experiment=mine")
-
-
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt  # a terminated run is closed as KILLED, like Ctrl-C
+    return (f"lesson5: {SUMMARY}\n\n{usage()}\n\nexit codes: 0 done, 2 refused input, 130 interrupted (143 by "
+            f"SIGTERM)\n\nexample:\n  lesson5 {EXAMPLE}\n  lesson5 --config-dir ./myconf experiment=mine")
 
 
 class ResumeGc(Callback):
@@ -92,6 +95,51 @@ def report(result, spooled=None) -> None:
 
 
 _composed = False  # set once Hydra has composed a config: an exit before that is Hydra refusing the overrides
+_jobs_checked = False  # a multirun's jobs, all checked as its first job starts
+# SIGINT and SIGTERM, as one KeyboardInterrupt anywhere but while the tracker closes (its runs' last messages)
+_stop = Stop()
+
+
+def multirun_jobs() -> list[list[str]]:
+    """Each job's overrides in this multirun (`-m`), as Hydra's basic sweeper launches them: the command line's
+    overrides (and the config's hydra.sweeper.params), `key=a,b` lists expanded into every combination."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args, _ = get_args_parser().parse_known_args(sys.argv[1:])
+    params = [f"{k}={v}" for k, v in (HydraConfig.get().sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *args.overrides])
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's message and its cause's, on one line (validate's lists each bad key on a line of its own)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = [line for line in lines if line != "invalid config:" and not line.startswith("Fix the key")]
+    if error.__cause__ is not None and str(error.__cause__).strip():
+        lines.append(str(error.__cause__).strip().splitlines()[0])
+    return "; ".join(lines) or type(error).__name__
+
+
+def check_multirun() -> None:
+    """In a multirun, before its first job trains: compose and validate every job's config, so that a bad value
+    in a later job (`-m trainer.bs=64,0`) is refused before any job has run (ConfigError naming the job and key).
+    Only Hydra's basic sweeper's jobs are known here; another sweeper's are checked as each starts."""
+    global _jobs_checked
+    hydra_conf = HydraConfig.get()
+    if _jobs_checked or hydra_conf.mode != RunMode.MULTIRUN or \
+            not str(hydra_conf.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return
+    _jobs_checked = True
+    jobs = multirun_jobs()
+    for i, job in enumerate(jobs, start=1):
+        try:
+            validate(compose(job))
+        except (Lesson5Error, HydraException, OmegaConfBaseException) as e:
+            swept = " ".join(o for o in job if not all(o in other for other in jobs)) or " ".join(job)
+            raise ConfigError(f"multirun job {i} of {len(jobs)} ({swept}): {_one_line(e)}; no job was run") \
+                from None
 
 
 @hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")
@@ -99,25 +147,30 @@ def main(cfg: DictConfig) -> None:
     global _composed
     _composed = True
 
-    signal.signal(signal.SIGTERM, _sigterm)
+    _stop.install()  # here too, for a caller that calls main() without console()
+    tracker = None
     try:
-        conf = validate(cfg)
-        # Start the MLflow writer before importing torch: its own imports and store setup overlap ours.
-        tracker = open_tracker(conf.tracking)
-        try:
-            from lesson5.run import run  # torch, after the writer has started
+        with _stop.interruptible():
+            check_multirun()
+            conf = validate(cfg)
+            # Start the MLflow writer before importing torch: its own imports and store setup overlap ours.
+            tracker = open_tracker(conf.tracking)
+            try:
+                from lesson5.run import run  # torch, after the writer has started
 
-            result = run(cfg, overrides=list(HydraConfig.get().overrides.task), tracker=tracker,
-                         callbacks=[ResumeGc()])
-        finally:
-            if tracker is not None:
-                tracker.close()
+                result = run(cfg, overrides=list(HydraConfig.get().overrides.task), tracker=tracker,
+                             callbacks=[ResumeGc()])
+            finally:
+                if tracker is not None:
+                    with _stop.shielded():  # the run's end and last metrics reach the store, then the writer exits
+                        tracker.close()
     except Lesson5Error as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(cli.REFUSED)
     except KeyboardInterrupt:
-        print("interrupted: the MLflow run was marked KILLED", file=sys.stderr)
-        sys.exit(cli.INTERRUPTED)
+        killed = ": the MLflow run was marked KILLED" if tracker is not None else ""
+        print(f"interrupted ({_stop.name}){killed}", file=sys.stderr)
+        sys.exit(_stop.code)
     report(result, tracker.spooled if tracker is not None else None)
 
 
@@ -131,8 +184,10 @@ def console() -> None:
     if unknown:
         print(f"error: unknown option {unknown[0]}\n\n{usage()}", file=sys.stderr)
         fast_exit(cli.REFUSED)
+    _stop.install()
     try:
-        main()
+        with _stop.interruptible():
+            main()
     except SystemExit as e:  # our exit codes and Hydra's
         if not isinstance(e.code, (int, type(None))):
             raise  # a message for Python to print
@@ -143,8 +198,8 @@ def console() -> None:
             fast_exit(cli.REFUSED)
         fast_exit(e.code or 0)
     except KeyboardInterrupt:  # before the run started (Hydra composing): nothing to close
-        print("interrupted", file=sys.stderr)
-        fast_exit(cli.INTERRUPTED)
+        print(f"interrupted ({_stop.name})", file=sys.stderr)
+        fast_exit(_stop.code)
     fast_exit(cli.DONE)
 
 

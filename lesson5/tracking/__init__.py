@@ -64,9 +64,10 @@ class Tracker:
         self._gone = False  # the hang-up has been taken off the replies queue (_drain)
         self._closed = False
         self._tail: collections.deque[str] = collections.deque(maxlen=20)  # the writer's last lines of stderr
-        # its own process group: a terminal's Ctrl-C goes to the trainer, which closes the runs as KILLED
-        self._proc = start_module("lesson5.tracking.writer", own_group=True, stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # its own session, ignoring SIGINT and SIGTERM from its start (process.take_signals): a terminal's Ctrl-C,
+        # `kill` of the group or `scancel` stops the trainer, which closes the runs as KILLED and then the writer
+        self._proc = start_module("lesson5.tracking.writer", own_group=True, hold_signals=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # unbounded: the trainer never waits on the writer
         self._replies: queue.Queue = queue.Queue()
         self._threads = [threading.Thread(target=target, name=f"lesson5-tracking-{target.__name__[1:]}", daemon=True)

@@ -2,8 +2,9 @@
 
 A synchronous MLflow call costs milliseconds, so the trainer only queues messages (`messages.py`) and never
 imports MLflow; the writer, on its own core, logs them through MLflow's public client API (metrics with
-`log_batch`), draws the plots when a run ends and closes it. It ignores Ctrl-C (the trainer decides the status),
-and if the trainer dies without closing its runs (its end of the pipe closes), it marks them FAILED.
+`log_batch`), draws the plots when a run ends and closes it. It ignores SIGINT and SIGTERM, whether a terminal, `kill`
+of the group or `scancel` sends them (the trainer decides the status, and closes the writer once its runs are
+closed), and if the trainer dies without closing its runs (its end of the pipe closes), it marks them FAILED.
 
 It runs as `python -m lesson5.tracking.writer` (`main`), started by `lesson5.tracking.Tracker`: its settings and
 then the trainer's messages come on standard input, its replies go out on standard output, and what it prints
@@ -27,7 +28,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lesson5.process import fast_exit, pause_gc, resume_gc
+from lesson5.process import fast_exit, pause_gc, resume_gc, take_signals
 from lesson5.tracking.messages import (
     Close,
     Closed,
@@ -421,7 +422,7 @@ def log_inputs(client, run_id: str, inputs: list, attempts: int = 3) -> None:
 def main() -> None:
     """The writer process: read the settings, serve, then leave without tearing down MLflow's modules, which the
     trainer would wait for."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it then closes the runs
+    take_signals(signal.SIG_IGN)  # Ctrl-C and SIGTERM are the trainer's to handle; it then closes the runs
     pause_gc()  # until _plots: MLflow's and matplotlib's imports make ~200k objects
     fail_fast_http()
     quiet_console()
