@@ -16,11 +16,14 @@ imported last, when this module is, and declare theirs the same way.
 
 from __future__ import annotations
 
+import difflib
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
+from importlib.metadata import entry_points
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Optional
@@ -29,7 +32,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from lesson5 import components, slices
 from lesson5.components import DATASETS, MODELS, DataSpec, ModelSpec, OptimSpec, data_spec, declare, model_spec
@@ -81,9 +84,11 @@ class ScheduleName(str, Enum):
     one_cycle = "one_cycle"
 
 
-def rule(test: Callable[[Any], bool], allowed: str, default: Any = MISSING, factory: Any = None):
-    """A dataclass field carrying its range rule (`allowed` says it in words), checked by `validate`."""
-    meta = {"rule": test, "allowed": allowed}
+def rule(test: Callable[[Any], bool], allowed: str, default: Any = MISSING, factory: Any = None,
+         why: Optional[Callable[[Any], str]] = None):
+    """A dataclass field carrying its range rule (`allowed` says it in words), checked by `validate`; `why(value)`,
+    where given, adds what a refused value would have cost (the memory or time that makes it a mistake)."""
+    meta = {"rule": test, "allowed": allowed, "why": why}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -95,6 +100,98 @@ def _positive(v):
 
 def _unit(v):  # momentum-like coefficients
     return 0.0 <= v < 1.0
+
+
+# ---- upper bounds: values that can only be a mistake, refused with what they would cost ------------------------
+
+GB = 1e9
+# Weights, their gradients and Adam's two moments: the float32 copies of every parameter a step touches.
+COPIES = 4
+# MovieLens-100k, the lesson's data: its users and movies, each with an embedding of n_factors and a bias.
+ML100K_USERS, ML100K_ITEMS = 943, 1682
+MAX_FACTORS = 4096  # 0.18 GB of MovieLens-100k embeddings with Adam's copies; the lesson uses 40, sweeps up to 1000
+MNIST_INPUTS, MNIST_CLASSES = 784, 10
+MAX_MLP_WEIGHTS = 100_000_000  # 0.4 GB of float32, 1.6 GB with Adam's copies; the lesson's Mnist_NN has 39,760
+MAX_HEAD_HIDDEN = 16384  # the vision head's hidden layer (512 in fastai's); 2 x 512 pooled features from resnet34
+MAX_BS = 2**20  # above every lesson data set (MovieLens-100k 100,000 ratings, MNIST 60,000 images)
+MAX_EPOCHS = 10_000
+FASTEST_EPOCH_S = 1.4  # an epoch of the lesson's collab recipe on a fast CPU core (BENCHMARKS.md), the cheapest
+MAX_IMAGE_SIZE = 2048  # pixels a side (the lesson's Pets run at 224)
+
+
+def _gb(n_bytes: float) -> str:
+    return f"{n_bytes / GB:,.1f} GB" if n_bytes >= 0.1 * GB else f"{n_bytes / 2**20:,.0f} MiB"
+
+
+def _int(v) -> Optional[int]:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _factors_cost(v) -> str:
+    n = _int(v)
+    if n is None or n <= MAX_FACTORS:
+        return ""
+    weights = (ML100K_USERS + ML100K_ITEMS) * (n + 1) * 4
+    return (f"; at {n:,} factors the embeddings of MovieLens-100k's {ML100K_USERS} users and {ML100K_ITEMS:,} movies "
+            f"alone take {_gb(weights)}, {_gb(COPIES * weights)} with their gradients and Adam's two moments, and "
+            f"every step updates all of them (the lesson's n_factors is 40)")
+
+
+def mlp_weights(hidden: Sequence[int], n_inputs: int = MNIST_INPUTS, n_classes: int = MNIST_CLASSES) -> int:
+    """The parameters of model=mlp with these hidden sizes (weights and biases), on MNIST's inputs and classes."""
+    sizes = [n_inputs, *hidden, n_classes]
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+
+
+def _mlp_ok(v) -> bool:
+    return len(v) > 0 and all(h >= 1 for h in v) and mlp_weights(v) <= MAX_MLP_WEIGHTS
+
+
+def _mlp_cost(v) -> str:
+    try:
+        n = mlp_weights(v)
+    except TypeError:
+        return ""
+    if n <= MAX_MLP_WEIGHTS:
+        return ""
+    return (f"; on MNIST's {MNIST_INPUTS} inputs that is {n:,} weights: {_gb(4 * n)}, {_gb(COPIES * 4 * n)} with "
+            f"their gradients and Adam's two moments (the lesson's Mnist_NN, hidden=[50], has {mlp_weights([50]):,})")
+
+
+def _head_cost(v) -> str:
+    n = _int(v)
+    if n is None or n <= MAX_HEAD_HIDDEN:
+        return ""
+    weights = 1024 * n
+    return (f"; the head's Linear from the body's pooled features (1024 for resnet34) alone would hold {weights:,} "
+            f"weights, "
+            f"{_gb(4 * weights)}, {_gb(COPIES * 4 * weights)} with their gradients and Adam's two moments (fastai's "
+            f"head uses 512)")
+
+
+def _bs_cost(v) -> str:
+    n = _int(v)
+    if n is None or n <= MAX_BS:
+        return ""
+    return (f"; a batch of {n:,} is larger than any lesson data set (MovieLens-100k has 100,000 ratings, MNIST "
+            f"60,000 training images): for full-batch training give the training set's size")
+
+
+def _epochs_cost(v) -> str:
+    n = _int(v)
+    if n is None or n <= MAX_EPOCHS:
+        return ""
+    hours = n * FASTEST_EPOCH_S / 3600
+    return (f"; {n:,} epochs would take at least {hours:,.0f} hours even at the {FASTEST_EPOCH_S} s an epoch of the "
+            f"lesson's collab recipe takes on a fast CPU core (BENCHMARKS.md); the lesson's recipes train 1 to 10")
+
+
+def _size_cost(v) -> str:
+    n = _int(v)
+    if n is None or n <= MAX_IMAGE_SIZE:
+        return ""
+    return (f"; one {n:,} px image is {_gb(3 * n * n * 4)} as float32 input, before any activation of the network "
+            f"(the lesson's Pets run at 224 px)")
 
 
 # ---- data sets: each schema, then the data sets that use it ----------------------------------------------------
@@ -162,7 +259,8 @@ class ImagesConf(DataConf):
 
     # A flat folder's labels: the first group of this regex on each file name (Pets: '^(.+)_\\d+\\.jpg$').
     label_regex: Optional[str] = None
-    size: int = rule(lambda v: v >= 16, "an integer >= 16 (pixels)", 64)
+    size: int = rule(lambda v: 16 <= v <= MAX_IMAGE_SIZE, f"an integer in [16, {MAX_IMAGE_SIZE}] (pixels)", 64,
+                     why=_size_cost)
     valid_pct: float = rule(lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1", 0.2)
     # Without data.path: these many images of this grey data set, stretched to `size` px and 3 channels.
     source: ImageSource = ImageSource.fashion_mnist
@@ -183,13 +281,20 @@ declare(DataSpec(name="images", schema=ImagesConf, build="lesson5.data.images:bu
 class ModelConf:
     name: str = MISSING
 
+    def has_batchnorm(self) -> bool:
+        """Whether the model built from this config has BatchNorm layers, which cannot train on a batch of one
+        (trainer.bs=1 is refused for them; a last training batch of one row is dropped). A plugin's schema whose
+        model has them says so by overriding this."""
+        return False
+
 
 @dataclass
 class CollabConf(ModelConf):
     """User and item embeddings with biases; predictions squashed into y_range by a sigmoid (fastai's
     EmbeddingDotBias; the defaults are the lesson's)."""
 
-    n_factors: int = rule(lambda v: v >= 1, "an integer >= 1", 40)
+    n_factors: int = rule(lambda v: 1 <= v <= MAX_FACTORS, f"an integer in [1, {MAX_FACTORS}]", 40,
+                          why=_factors_cost)
     y_range: Optional[list[float]] = rule(
         lambda v: v is None or (len(v) == 2 and v[0] < v[1]), "null or [low, high] with low < high",
         factory=lambda: [0.0, 5.5],
@@ -207,10 +312,13 @@ declare(ModelSpec(name="collab", schema=CollabConf, build="lesson5.models.collab
 class MlpConf(ModelConf):
     """The lesson's Mnist_NN: 784 -> 50 -> 10 with ReLU; hidden sizes, dropout and batch norm configurable."""
 
-    hidden: list[int] = rule(lambda v: len(v) > 0 and all(h >= 1 for h in v), "a non-empty list of sizes >= 1",
-                             factory=lambda: [50])
+    hidden: list[int] = rule(_mlp_ok, f"a non-empty list of sizes >= 1, at most {MAX_MLP_WEIGHTS:,} weights in all",
+                             factory=lambda: [50], why=_mlp_cost)
     dropout: float = rule(lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)", 0.0)
     batchnorm: bool = False
+
+    def has_batchnorm(self) -> bool:
+        return self.batchnorm
 
 
 # Adam with one-cycle at lr 1e-2, no weight decay, 10 epochs of bs 64 (accuracies in BENCHMARKS.md); the lesson's
@@ -229,9 +337,13 @@ class VisionConf(ModelConf):
     # imagenet, none, a checkpoint file, or an MLflow run id / runs:/<id> of a lesson5 run (its weights.pt)
     weights: str = "imagenet"
     pool: Pool = Pool.concat
-    hidden: int = rule(lambda v: v >= 1, "an integer >= 1", 512)
+    hidden: int = rule(lambda v: 1 <= v <= MAX_HEAD_HIDDEN, f"an integer in [1, {MAX_HEAD_HIDDEN}]", 512,
+                       why=_head_cost)
     dropout: list[float] = rule(lambda v: len(v) == 2 and all(0.0 <= p < 1.0 for p in v),
                                 "two probabilities in [0, 1)", factory=lambda: [0.25, 0.5])
+
+    def has_batchnorm(self) -> bool:
+        return True  # the body's BatchNorm2d layers and the head's two BatchNorm1d
 
 
 # The lesson's fine-tuning: a frozen one-cycle stage (the head, at slice(b)), then the whole net unfrozen with
@@ -305,7 +417,7 @@ class StageConf:
     """One fit of a run: `frozen` trains only the head (and BatchNorm, with trainer.train_bn)."""
 
     name: str = "fit"
-    epochs: int = rule(lambda v: v >= 1, "an integer >= 1", 1)
+    epochs: int = rule(lambda v: 1 <= v <= MAX_EPOCHS, f"an integer in [1, {MAX_EPOCHS:,}]", 1, why=_epochs_cost)
     # a number, slice(b), slice(a,b) or one lr per layer group (lesson5.slices)
     lr: Any = 1e-3
     frozen: bool = False
@@ -314,8 +426,8 @@ class StageConf:
 
 @dataclass
 class TrainerConf:
-    epochs: int = rule(lambda v: v >= 1, "an integer >= 1", 5)
-    bs: int = rule(lambda v: v >= 1, "an integer >= 1", 64)
+    epochs: int = rule(lambda v: 1 <= v <= MAX_EPOCHS, f"an integer in [1, {MAX_EPOCHS:,}]", 5, why=_epochs_cost)
+    bs: int = rule(lambda v: 1 <= v <= MAX_BS, f"an integer in [1, {MAX_BS:,}]", 64, why=_bs_cost)
     seed: int = rule(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)", 42)
     # auto: CUDA when there is one, except for the models declared with device="cpu" (collab, logistic, mlp)
     device: str = rule(
@@ -335,15 +447,52 @@ class TrainerConf:
     channels_last: bool = False  # CUDA only: the channels-last memory format for conv nets
 
 
+# MLflow's experiments table holds names of up to 256 characters (its API refuses over 500; a SQL store, over 256).
+MAX_EXPERIMENT_NAME = 256
+# Store URIs MLflow opens (its tracking-store registry, plugins' schemes added at check time): SQLAlchemy's
+# databases, a server, Databricks. A plain folder (or file:) is MLflow's file store, which MLflow 3 refuses unless
+# MLFLOW_ALLOW_FILE_STORE=true.
+STORE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql", "http", "https", "databricks", "databricks-uc",
+                 "uc")
+
+
+def _file_store_allowed() -> bool:
+    return os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("1", "true", "yes")
+
+
+def uri_problem(uri: Optional[str]) -> Optional[str]:
+    """Why MLflow cannot open `uri` as a tracking store (said before a writer touches it), or None."""
+    if uri is None or uri in ("databricks", "databricks-uc", "uc"):  # a Databricks workspace by its profile
+        return None
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme == "sqlite":
+        return None if uri.startswith("sqlite:///") and len(uri) > len("sqlite:///") else \
+            "a SQLite store is sqlite:/// then its file's path (sqlite:///mlflow.db, sqlite:////abs/path/mlflow.db)"
+    if scheme in STORE_SCHEMES or (scheme and scheme in {e.name for e in entry_points(group="mlflow.tracking_store")}):
+        return None
+    if not scheme or scheme == "file":
+        return None if _file_store_allowed() else \
+            "a folder path is MLflow's file store, which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE=true"
+    return f"MLflow has no tracking store for the scheme {scheme}://"
+
+
+STORE_URIS = ("a tracking store URI: sqlite:///path/to/mlflow.db (a local file), http(s)://host:port (an MLflow "
+              "server) or a database (postgresql://, mysql://, mssql://)")
+
+
 @dataclass
 class TrackingConf:
     enabled: bool = True
     # offline: write nothing to the store; spool every run under .lesson5/offline/ for `python -m lesson5.sync`
     mode: TrackingMode = TrackingMode.online
     # null: sqlite:///mlflow.db in the directory the command runs from (MLflow's embedded default).
-    uri: Optional[str] = None
+    uri: Optional[str] = rule(lambda v: uri_problem(v) is None, f"null (sqlite:///mlflow.db here) or {STORE_URIS}",
+                              None, why=lambda v: f"; {uri_problem(v)}" if uri_problem(v) else "")
     # null: one experiment per data set, lesson5-<data.name>, so that the UI compares like with like.
-    experiment: Optional[str] = rule(lambda v: v is None or bool(v.strip()), "null or a non-empty name", None)
+    experiment: Optional[str] = rule(
+        lambda v: v is None or (bool(v.strip()) and len(v) <= MAX_EXPERIMENT_NAME),
+        f"null or a non-empty name of at most {MAX_EXPERIMENT_NAME} characters (MLflow's limit)", None,
+        why=lambda v: f"; this one has {len(v)}" if isinstance(v, str) and len(v) > MAX_EXPERIMENT_NAME else "")
     # null: the model, the optimizer and the command's overrides, e.g. "collab adam wd=0.01" (lesson5.naming).
     run_name: Optional[str] = None
     # Log the trained model as an MLflow model (mlflow.pytorch.load_model("runs:/<id>/model") and the registry).
@@ -409,6 +558,13 @@ def searchpath(config_dirs: Sequence[str | Path]) -> str:
     return "hydra.searchpath=[" + ",".join(f"'file://{p}'" for p in paths) + "]"
 
 
+def _shown(value: Any) -> str:
+    """A value as a message shows it: a long one cut, with its length."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(value) if isinstance(value, str) else len(text)} " \
+        f"characters)"
+
+
 def _problems(obj: Any, prefix: str) -> list[str]:
     out = []
     for f in fields(obj):
@@ -421,10 +577,65 @@ def _problems(obj: Any, prefix: str) -> list[str]:
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                out.append(f"{key}={value!r} is not allowed: expected {f.metadata['allowed']}")
+                why = f.metadata.get("why")
+                try:
+                    cost = why(value) if why else ""
+                except (TypeError, ValueError):
+                    cost = ""
+                out.append(f"{key}={_shown(value)} is not allowed: expected {f.metadata['allowed']}{cost}")
         if is_dataclass(value):
             out.extend(_problems(value, key + "."))
     return out
+
+
+def _schemas_with(key: str, table: dict, group: str) -> list[str]:
+    """The options of a group (model=..., data=...) whose schema has this key."""
+    return [f"{group}={spec.name}" for spec in table.values() if key in {f.name for f in fields(spec.schema)}]
+
+
+def _unknown(node: Any, prefix: str = "") -> list[str]:
+    """Keys of the composed config that its schemas do not have: added with `+key=value` (which Hydra allows into
+    a structured config) or by a config file, and read by nothing, so refused, naming the close match. A dataclass
+    node's keys are its fields; a free-form node (a field typed dict or Any holding a plain mapping) takes any
+    key: that is how a component declares free-form extras."""
+    out = []
+    if isinstance(node, DictConfig):
+        schema = OmegaConf.get_type(node)
+        known = [f.name for f in fields(schema)] if is_dataclass(schema) else None
+        for key in node.keys():
+            key = str(key)
+            if known is not None and key not in known:
+                out.append(_unknown_key(prefix, key, known))
+                continue
+            out.extend(_unknown(node._get_node(key), f"{prefix}{key}."))
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            out.extend(_unknown(node._get_node(i), f"{prefix}{i}."))
+    return out
+
+
+def _unknown_key(prefix: str, key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    path = f"{prefix}{key}"
+    message = f"{path}: unknown key; " + (f"did you mean {prefix}{close[0]}?" if close else
+                                        f"the keys here are {', '.join(prefix + k for k in known)}")
+    group = {"model.": (MODELS, "model"), "data.": (DATASETS, "data")}.get(prefix)
+    elsewhere = _schemas_with(key, *group) if group else []
+    if elsewhere:
+        message += f" ({key} is a key of {' and '.join(elsewhere)})"
+    return message + " (nothing reads a key its schema lacks, added with + or not: fix its name or drop it)"
+
+
+def _batchnorm_problems(obj: Config) -> list[str]:
+    """A batch of one row, which BatchNorm cannot train on (it normalizes by the batch's own statistics)."""
+    model = obj.model
+    if obj.trainer.bs != 1 or not (isinstance(model, ModelConf) and model.has_batchnorm()):
+        return []
+    which = "model=mlp with model.batchnorm=true" if isinstance(model, MlpConf) else f"model={model.name}"
+    fix = " or model.batchnorm=false" if isinstance(model, MlpConf) else ""
+    return [f"trainer.bs=1 is not allowed with {which}: BatchNorm normalizes each batch by its own mean and "
+            f"variance, which one row does not have (torch: 'Expected more than 1 value per channel when "
+            f"training'); use trainer.bs=2 or more{fix}"]
 
 
 def _mismatch(obj: Config) -> list[str]:
@@ -489,8 +700,9 @@ def validate(cfg: DictConfig) -> Config:
     """Turn a composed config into typed dataclasses, or raise ConfigError naming every bad key."""
     if PLUGIN_ERROR is not None:
         raise PLUGIN_ERROR
+    unknown = _unknown(cfg)
     obj = OmegaConf.to_object(cfg)
-    problems = _problems(obj, "") + _mismatch(obj) + _stage_problems(obj)
+    problems = unknown + _problems(obj, "") + _mismatch(obj) + _stage_problems(obj) + _batchnorm_problems(obj)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems)
                           + "\nFix the key(s) on the command line or in conf/.")

@@ -1,13 +1,15 @@
 """Bad config values are refused before any data is fetched or any MLflow run exists."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import ValidationError
 
 from lesson5 import compose
@@ -80,12 +82,12 @@ def test_log_every_n_steps_must_be_positive():
 
 
 @pytest.mark.parametrize("override, key, allowed", [
-    ("model.n_factors=0", "model.n_factors", "integer >= 1"),
+    ("model.n_factors=0", "model.n_factors", "integer in [1, 4096]"),
     ("optim.lr=-1", "optim.lr", "> 0"),
     ("data.valid_pct=1.5", "data.valid_pct", "between 0 and 1"),
     ("model.y_range=[5,1]", "model.y_range", "low < high"),
     ("schedule.moms=[0.9,1.2,0.9]", "schedule.moms", "[0, 1)"),
-    ("trainer.epochs=0", "trainer.epochs", "integer >= 1"),
+    ("trainer.epochs=0", "trainer.epochs", "integer in [1, 10,000]"),
 ])
 def test_out_of_range_values_name_the_key(override, key, allowed, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -173,3 +175,113 @@ def test_a_value_the_chosen_component_ignores_gets_a_warning_naming_it(tiny, cap
 def test_the_optimizer_keys_warned_about_are_those_it_does_not_declare(optimizer, warned):
     overrides = [f"optim={optimizer}", "optim.momentum=0.5", "optim.eps=1e-06", "optim.lr=0.1"]
     assert ignored(validate(compose(overrides)), overrides) == warned
+
+
+# ---- unknown keys, upper bounds, batches of one (issue 21) --------------------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+trainer.foo=1", "trainer.foo: unknown key"),
+    ("+trainer.epochz=1", "trainer.epochz: unknown key; did you mean trainer.epochs?"),
+    ("+foo=1", "foo: unknown key"),
+    ("+model.hidden=[10]", "hidden is a key of model=mlp"),
+    ("+optim.momentom=0.5", "optim.momentom: unknown key; did you mean optim.momentum?"),
+])
+def test_a_key_the_schema_lacks_is_refused_naming_it_and_its_close_match(override, message, tmp_path, monkeypatch):
+    """Hydra lets `+key=value` add a key to a structured config (its own error for `trainer.foo=1` suggests it);
+    nothing would read it, so validate refuses it, before any data or run."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "build", lambda conf: pytest.fail("data fetched before validation"))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run(compose([override, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]))
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_unknown_key_in_a_sweep_trial_is_refused():
+    """A sweep's trials compose their overrides with lesson5.config.compose and validate them, as here."""
+    with pytest.raises(ConfigError, match=re.escape("trainer.epochz: unknown key; did you mean trainer.epochs?")):
+        validate(compose(["+trainer.epochz=1"]))
+    with pytest.raises(ConfigError, match=re.escape("trainer.stages.0.lrr: unknown key; did you mean "
+                                                    "trainer.stages.0.lr?")):
+        validate(compose(["model=resnet34", "+trainer.stages.0.lrr=1"]))
+
+
+def test_a_free_form_field_takes_any_key():
+    """A component declares free-form extras with a dict field: keys under it are not checked."""
+    from dataclasses import dataclass, field
+
+    from lesson5.config import _unknown
+
+    @dataclass
+    class WithExtras:
+        n: int = 1
+        extras: dict = field(default_factory=dict)
+
+    cfg = OmegaConf.structured(WithExtras)
+    with open_dict(cfg):
+        cfg.extras.anything = 3
+        cfg.typo = 2
+    assert _unknown(cfg) == [_unknown(cfg)[0]] and _unknown(cfg)[0].startswith("typo: unknown key")
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_plus_key_the_schema_lacks(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lesson5", "+trainer.foo=1"], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2
+    assert "trainer.foo: unknown key" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("overrides, key, cost", [
+    (["model.n_factors=100000"], "model.n_factors=100000", "4.2 GB with their gradients and Adam's two moments"),
+    (["model=mlp", "model.hidden=[100000,100000]"], "model.hidden=[100000, 100000]", "10,079,600,010 weights"),
+    (["model=resnet34", "model.hidden=100000"], "model.hidden=100000", "102,400,000 weights"),
+    (["trainer.bs=10000000"], "trainer.bs=10000000", "larger than any lesson data set"),
+    (["trainer.epochs=100000"], "trainer.epochs=100000", "would take at least 39 hours"),
+    (["model=resnet34", "trainer.stages.0.epochs=100000"], "trainer.stages.0.epochs=100000", "hours"),
+    (["model=resnet34", "data.size=5000"], "data.size=5000", "as float32 input"),
+], ids=["n_factors", "mlp hidden", "head hidden", "bs", "epochs", "stage epochs", "image size"])
+def test_a_value_that_can_only_be_a_mistake_is_refused_with_its_cost(overrides, key, cost):
+    with pytest.raises(ConfigError) as err:
+        validate(compose(overrides))
+    assert key in str(err.value) and cost in str(err.value)
+
+
+def _grid_overrides(space: dict):
+    """Each parameter of a study's space at each of its extremes (or choices), as overrides."""
+    for key, dist in space.items():
+        values = dist.get("choices") or [dist["low"], dist["high"]]
+        for v in values:
+            shown = "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else "null" if v is None else v
+            yield key, f"{key}={shown}"
+
+
+@pytest.mark.parametrize("study", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_no_value_of_a_study_grid_is_refused(study):
+    spec = yaml.safe_load(study.read_text())
+    for _, override in _grid_overrides(spec.get("space", {})):
+        validate(compose([*spec.get("base", []), override]))
+
+
+@pytest.mark.parametrize("overrides, fix", [
+    (["model=mlp", "model.batchnorm=true", "trainer.bs=1"], "use trainer.bs=2 or more or model.batchnorm=false"),
+    (["model=resnet34", "trainer.bs=1"], "use trainer.bs=2 or more"),
+], ids=["mlp batchnorm", "resnet34"])
+def test_a_batch_of_one_is_refused_for_batchnorm_models(overrides, fix):
+    with pytest.raises(ConfigError) as err:
+        validate(compose(overrides))
+    assert "trainer.bs=1" in str(err.value) and fix in str(err.value)
+
+
+def test_a_batch_of_one_is_allowed_without_batchnorm():
+    validate(compose(["model=mlp", "trainer.bs=1"]))
+    validate(compose(["trainer.bs=1"]))
+
+
+def test_a_base_schema_is_not_a_model_option():
+    """model=base_collab: Hydra lists the models there are (the schemas are not among the options)."""
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(["model=base_collab"])
+    assert "model/base_collab" in str(err.value) and all(m in str(err.value) for m in MODELS)
+    assert "recipe" not in str(err.value)

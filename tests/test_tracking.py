@@ -106,3 +106,85 @@ def test_writers_logging_the_same_data_set_at_once_all_link_it(tmp_path):
         t.join()
     assert errors == []
     assert all(len(client.get_run(r).inputs.dataset_inputs) == 1 for r in runs)
+
+
+# ---- names and URIs refused before any store is touched (issue 21) ----------------------------------------------
+
+
+def test_a_600_character_experiment_name_is_refused_naming_the_key_and_the_limit(tiny, tmp_path, monkeypatch):
+    from lesson5 import data as datasets
+    from lesson5.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "build", lambda conf: pytest.fail("data fetched before the check"))
+    with pytest.raises(ConfigError) as err:
+        run(compose([*tiny, "tracking.experiment=" + "x" * 600]))
+    message = str(err.value)
+    assert "tracking.experiment=" in message and "at most 256 characters" in message and "600" in message
+    assert "lifecycle_stage" not in message and "x" * 100 not in message  # the name is cut in the message
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_experiment_name_limit_is_mlflows():
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment
+    from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
+
+    from lesson5.config import MAX_EXPERIMENT_NAME
+
+    assert MAX_EXPERIMENT_NAME == SqlExperiment.__table__.c.name.type.length <= MAX_EXPERIMENT_NAME_LENGTH
+
+
+def test_an_experiment_the_store_cannot_create_is_named_with_the_stores_reason(tmp_path):
+    """Past validate (a name MLflow's API refuses): the store's reason, not 'NoneType has no lifecycle_stage'."""
+    from lesson5.tracking.store import experiment_id, open_client
+
+    client = open_client(f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(TrackingError) as err:
+        experiment_id(client, "x" * 600)
+    assert "tracking.experiment=" in str(err.value) and "600 characters" in str(err.value)
+    assert "lifecycle_stage" not in str(err.value)
+
+
+@pytest.mark.parametrize("uri", ["notascheme", "foo://host/x", "sqlite://mlflow.db", "file:///tmp/mlruns"])
+def test_a_uri_mlflow_cannot_open_is_refused_naming_tracking_uri_and_leaves_no_file(uri, tmp_path, monkeypatch):
+    from lesson5 import data as datasets
+    from lesson5.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setattr(datasets, "build", lambda conf: pytest.fail("data fetched before the check"))
+    with pytest.raises(ConfigError) as err:
+        run(compose([f"tracking.uri={uri}", "trainer.progress=false"]))
+    assert f"tracking.uri='{uri}'" in str(err.value) and "sqlite:///" in str(err.value)
+    assert "migrate" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, no stray lock file
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///mlflow.db", "sqlite:////abs/mlflow.db", "http://host:5000",
+                                 "https://host", "postgresql://u@h/db", "postgresql+psycopg2://u@h/db",
+                                 "mysql+pymysql://u@h/db", "mssql://u@h/db", "databricks"])
+def test_store_uris_mlflow_opens_are_accepted(uri):
+    from lesson5.config import uri_problem, validate
+
+    assert uri_problem(uri) is None
+    if uri != "databricks":
+        validate(compose([f"tracking.uri={uri}"]))
+
+
+def test_a_folder_uri_is_accepted_where_mlflow_allows_its_file_store(monkeypatch):
+    from lesson5.config import uri_problem
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert uri_problem("./mlruns") is None and uri_problem("file:///tmp/mlruns") is None
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in uri_problem("./mlruns")
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_bad_uri_with_exit_2_and_leaves_no_file(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lesson5", "tracking.uri=notascheme"], cwd=tmp_path,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2, done.stderr
+    assert "tracking.uri='notascheme'" in done.stderr and "Traceback" not in done.stderr
+    assert "maintenance mode" not in done.stderr
+    assert list(tmp_path.iterdir()) == []

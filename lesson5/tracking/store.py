@@ -181,8 +181,13 @@ def experiment_id(client, name: str) -> str:
     if exp is None:
         try:
             return client.create_experiment(name, tags={KIND_TAG: KIND})
-        except Exception:  # noqa: BLE001 - another process created it first
+        except Exception as e:  # noqa: BLE001 - another process created it first, or the store refused the name
             exp = client.get_experiment_by_name(name)
+            if exp is None:  # not made by anyone: the store's own reason is the cause
+                shown = name if len(name) <= 80 else f"{name[:60]}... ({len(name)} characters)"
+                raise TrackingError(f"tracking.experiment={shown!r}: {client.tracking_uri} cannot create this "
+                                    f"experiment ({type(e).__name__}: {e}). Pick another tracking.experiment (at "
+                                    f"most 256 characters).") from e
     if exp.lifecycle_stage == "deleted":
         raise TrackingError(
             f"tracking.experiment={name!r} names a deleted experiment (id {exp.experiment_id}) in "
