@@ -2,14 +2,19 @@
 
 The study is a YAML file anywhere, or the name of a shipped one (`n_factors`...). Options are typed key=value pairs;
 any other key=value is a Hydra override for every trial. Every machine of a shared study runs the same command.
+
+Ctrl-C or SIGTERM, to this process or its whole group, stops the study's workers in order (their running trials'
+runs KILLED), closes the parent run as KILLED, and exits 130 (SIGINT) or 143 (SIGTERM); resume=true continues it.
 """
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 from typing import Optional
 
 from lesson5 import cli
+from lesson5.process import Stop
 from lesson5.sweep import spec
 from lesson5.sweep.storage import DEFAULT_JOURNAL
 
@@ -35,13 +40,23 @@ COMMAND = cli.Command(
 
 
 def _sweep(args: SimpleNamespace) -> int:
-    from lesson5.sweep.driver import Sweep  # here: it imports Optuna and MLflow, which --help does not need
-
-    sweep = Sweep.prepare(args.study, args.overrides, n_trials=args.n_trials, workers=args.workers,
-                          storage=args.storage, study_name=args.study_name, resume=args.resume, pruner=args.pruner)
-    if args.stack is not None:  # the study file's `stack`, unless given here
-        sweep.study.stack = spec.parse_stack(args.stack)
-    return sweep.run(progress=args.progress)
+    # SIGINT and SIGTERM from here on (cli.run's SIGTERM handler is back after): the driver stops its workers, and
+    # the exit code tells which signal it was
+    with Stop() as stop:
+        try:
+            with stop.interruptible():
+                from lesson5.sweep.driver import Sweep  # here: it imports Optuna and MLflow, not needed by --help
+            # its checks are interruptible; the study's opening and its parent run's start are not (run() then
+            # closes the parent as KILLED)
+            sweep = Sweep.prepare(args.study, args.overrides, n_trials=args.n_trials, workers=args.workers,
+                                  storage=args.storage, study_name=args.study_name, resume=args.resume,
+                                  pruner=args.pruner, stop=stop)
+        except KeyboardInterrupt:
+            print(f"interrupted ({stop.name}) before the study started", file=sys.stderr)
+            return stop.code
+        if args.stack is not None:  # the study file's `stack`, unless given here
+            sweep.study.stack = spec.parse_stack(args.stack)
+        return sweep.run(progress=args.progress)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

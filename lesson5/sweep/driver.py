@@ -15,10 +15,17 @@ Optuna and MLflow, never torch: trials run in the worker processes.
 While its workers run, the driver shows the study's progress (`lesson5.sweep.progress`), read from the storage, so
 that it counts every machine's trials; it ends with the commands that open the study in MLflow and in
 optuna-dashboard.
+
+Stopping. The workers run in sessions of their own: Ctrl-C or SIGTERM, to the driver alone or to its whole process
+group, stops the driver (`lesson5.process.Stop`), which forwards the signal to each worker; the workers end their
+running trials (Optuna FAIL with outcome `interrupted`, so resume=true runs their points again) and MLflow runs
+(KILLED), then the driver closes the parent run as KILLED with a `stop_reason`, and exits 130 (SIGINT) or 143
+(SIGTERM). A worker whose driver dies stops the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import pickle
 import shlex
@@ -36,7 +43,7 @@ from optuna.trial import TrialState
 
 from lesson5 import naming
 from lesson5.errors import ConfigError
-from lesson5.process import start_module
+from lesson5.process import Stop, exit_code, start_module
 from lesson5.sweep import spec as specs
 from lesson5.sweep import storage as stores
 from lesson5.sweep.progress import Progress, dashboard_command
@@ -102,33 +109,39 @@ class Sweep:
     opt: optuna.Study
     parent_run_id: Optional[str] = None
     progress: Optional[Progress] = None  # the live display, while the workers run (run(progress=True))
+    stop: Optional[Stop] = None  # SIGINT and SIGTERM, installed by the command (or by run())
 
     @classmethod
     def prepare(cls, name: str, overrides: list[str] = (), *, n_trials: Optional[int] = None, workers: int = 1,
                 storage: str = stores.DEFAULT_JOURNAL, study_name: Optional[str] = None, resume: bool = False,
-                pruner: Optional[str] = None) -> Sweep:
+                pruner: Optional[str] = None, stop: Optional[Stop] = None) -> Sweep:
         """Everything that can be refused, refused before a trial or a parent run exists. The options are typed
-        (`lesson5.sweep.__main__` parses the command line); None keeps the study file's own."""
+        (`lesson5.sweep.__main__` parses the command line); None keeps the study file's own. `stop`: the
+        command's, installed; a stop cuts the checks short (KeyboardInterrupt), but not the study's opening nor
+        its parent run's start, which `run` then closes as KILLED."""
         from lesson5.config import compose, validate
 
-        study = specs.load(name, list(overrides))
-        if pruner is not None:
-            study.pruner = {"name": pruner}
-        if n_trials is not None:
-            study.n_trials = n_trials
-            if study.sampler == "grid" and study.n_trials > len(study.grid()):
-                raise ConfigError(f"n_trials={study.n_trials}: the grid of {study.path} has {len(study.grid())} points")
-        specs.check_pruner(study)
-        conf = validate(compose(study.base))
-        uri = resolve_uri(conf.tracking.uri)
-        if not conf.tracking.enabled or conf.tracking.mode.value == "offline":
-            raise ConfigError("tracking=none and tracking.mode=offline: a sweep records every trial as a child of "
-                              "its MLflow parent run, in a reachable store; drop them")
-        check_reachable(uri)
+        stop = stop or Stop()  # not installed: signals keep Python's handling
+        with stop.interruptible():
+            study = specs.load(name, list(overrides))
+            if pruner is not None:
+                study.pruner = {"name": pruner}
+            if n_trials is not None:
+                study.n_trials = n_trials
+                if study.sampler == "grid" and study.n_trials > len(study.grid()):
+                    raise ConfigError(f"n_trials={study.n_trials}: the grid of {study.path} has "
+                                      f"{len(study.grid())} points")
+            specs.check_pruner(study)
+            conf = validate(compose(study.base))
+            uri = resolve_uri(conf.tracking.uri)
+            if not conf.tracking.enabled or conf.tracking.mode.value == "offline":
+                raise ConfigError("tracking=none and tracking.mode=offline: a sweep records every trial as a child "
+                                  "of its MLflow parent run, in a reachable store; drop them")
+            check_reachable(uri)
         study_name = study_name or study.name
         opt = cls._open_study(study, storage, study_name, resume)
         study.added = list(opt.user_attrs.get(ADDED_ATTR, []))  # a resumed study's later looks
-        sweep = cls(study, storage, study_name, workers, uri, naming.experiment_name(conf), opt)
+        sweep = cls(study, storage, study_name, workers, uri, naming.experiment_name(conf), opt, stop=stop)
         sweep.parent_run_id = sweep._parent()
         return sweep
 
@@ -192,7 +205,18 @@ class Sweep:
 
     def run(self, progress: bool = True) -> int:
         """Start the workers and wait for them, look after look, showing the study's progress (unless
-        `progress=False`), then close the parent run if the study is complete."""
+        `progress=False`), then close the parent run if the study is complete. SIGINT and SIGTERM stop the workers
+        (the exit code 130 or 143): handled by the command's `Stop`, or by one installed here until the end."""
+        own = self.stop is None or not self.stop.installed
+        if own:
+            self.stop = (self.stop or Stop()).install()
+        try:
+            return self._run(progress)
+        finally:
+            if own:
+                self.stop.restore()
+
+    def _run(self, progress: bool) -> int:
         from lesson5.sweep.worker import too_many_failures
 
         s = self.study
@@ -206,13 +230,17 @@ class Sweep:
                                      by_seed=s.sampler == "grid" and (len(s.seeds) > 1 or s.looks > 1),
                                      where=f"storage {self.storage}", prefix=f"study {self.study_name}: ")
         start = time.perf_counter()
+        interrupted, crashed = False, []
         try:
             while True:
+                if self.stop.signum is not None:  # before the first look (the study opening) or between looks
+                    interrupted = True
+                    break
                 interrupted, crashed = self._work()
                 if interrupted or crashed or not self._complete() or too_many_failures(s, self.opt) \
                         or not self._next_look():
                     break
-        except KeyboardInterrupt:  # Ctrl-C between looks: the workers are done
+        except KeyboardInterrupt:  # Ctrl-C between looks, without a Stop (run() from a thread): the workers are done
             interrupted, crashed = True, []
         except Exception as e:  # noqa: BLE001 - the storage went away: anything its driver raises
             if self._storage_error() is None:
@@ -243,7 +271,7 @@ class Sweep:
         if interrupted or crashed and not self._complete():
             tags = {"stop_reason": f"{'interrupted' if interrupted else f'worker exit codes {crashed}'}; "
                                    f"resume=true continues the study"}
-            code = 130 if interrupted else 1
+            code = self.stop.code if interrupted else 1
         elif too_many_failures(self.study, self.opt):
             tags = Outcome("FAILED", "error", f"more than {self.study.max_fail_rate:.0%} of the trials failed").tags()
             status = "FAILED"
@@ -273,15 +301,13 @@ class Sweep:
         """Update the progress display; a fault in it turns it off, and never stops the sweep. Ctrl-C and SIGTERM
         wait until the read is done: cut short, it could leave the study's storage half-read in this process (a
         journal half replayed), which the driver reads again to close the study."""
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            self.progress.poll()
-        except Exception as e:  # noqa: BLE001 - the display is a convenience; the workers go on
-            self.progress.clear()
-            self.progress = None
-            print(f"progress display off ({type(e).__name__}: {e})", file=sys.stderr)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile is raised now
+        with self.stop.shielded():  # a stop that came meanwhile is raised as the read ends
+            try:
+                self.progress.poll()
+            except Exception as e:  # noqa: BLE001 - the display is a convenience; the workers go on
+                self.progress.clear()
+                self.progress = None
+                print(f"progress display off ({type(e).__name__}: {e})", file=sys.stderr)
 
     def _say(self, text: str, file=sys.stderr) -> None:
         """A line of the driver's, above the progress display."""
@@ -320,24 +346,36 @@ class Sweep:
         return 1
 
     def _work(self) -> tuple[bool, list]:
-        """Run this machine's workers until the study's points are claimed: (interrupted, crashed exit codes).
-        While they run, the progress display polls the storage whenever it is due (`Progress.wait_s`)."""
-        interrupted = False
+        """Run this machine's workers until the study's points are claimed: (interrupted, crashed exit codes)."""
         procs = [self._start("main") for _ in range(self.workers)]
+        interrupted = self._wait(procs)
+        stopped = (exit_code(signal.SIGINT), exit_code(signal.SIGTERM))  # a worker stopped by a signal of its own
+        return (interrupted or any(p.returncode in stopped for p in procs),
+                [p.returncode for p in procs if p.returncode not in (0, *stopped)])
+
+    def _wait(self, procs: list[subprocess.Popen]) -> bool:
+        """Wait for the workers, the progress display polling the storage whenever it is due (`Progress.wait_s`).
+        On SIGINT or SIGTERM, forward it to each of them, and wait until they have closed their trials and runs:
+        True (interrupted). Further signals are ignored meanwhile (`Stop`)."""
         try:
+            with self.stop.interruptible():
+                for p in procs:
+                    while True:
+                        try:
+                            p.wait(timeout=self.progress.wait_s() if self.progress is not None else None)
+                            break
+                        except subprocess.TimeoutExpired:
+                            self._poll()
+            return False
+        except KeyboardInterrupt:
+            self._say(f"stopping ({self.stop.name}): the workers end their running trials and close their runs")
             for p in procs:
-                while True:
-                    try:
-                        p.wait(timeout=self.progress.wait_s() if self.progress is not None else None)
-                        break
-                    except subprocess.TimeoutExpired:
-                        self._poll()
-        except KeyboardInterrupt:  # the workers got Ctrl-C too: let them close their runs and trials
-            interrupted = True
+                if p.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):  # it ended just now
+                        p.send_signal(self.stop.signum or signal.SIGINT)
             for p in procs:
                 p.wait()
-        return (interrupted or any(p.returncode == 130 for p in procs),
-                [p.returncode for p in procs if p.returncode not in (0, 130)])
+            return True
 
     def _complete(self) -> bool:
         """Every point of the study so far has a trial that counts, and none is running or waiting."""
@@ -372,9 +410,10 @@ class Sweep:
 
     def _start(self, entry: str) -> subprocess.Popen:
         """A worker process running `worker.<entry>` (main or score_final) on this study. Its arguments go over
-        its standard input, not its command line, where a storage URL's password would show; it stays in this
-        process group, so that Ctrl-C reaches it too."""
-        proc = start_module("lesson5.sweep.worker", stdin=subprocess.PIPE)
+        its standard input, not its command line, where a storage URL's password would show. It runs in a session
+        of its own, with SIGINT and SIGTERM held until it takes them: a stop reaches it from this driver only
+        (`_wait` forwards it), so that the driver ends the study in order."""
+        proc = start_module("lesson5.sweep.worker", own_group=True, hold_signals=True, stdin=subprocess.PIPE)
         proc.stdin.write(pickle.dumps((entry, (self.study, self.storage, self.study_name, self.parent_run_id,
                                                self.tracking_uri))))
         proc.stdin.close()
@@ -393,12 +432,7 @@ class Sweep:
         client = self._client()
         complete = self._complete()
         if interrupted or (crashed and not complete):
-            why = "interrupted" if interrupted else f"worker exit codes {crashed}"
-            client.set_tag(self.parent_run_id, "stop_reason", f"{why}; resume=true continues the study")
-            client.set_terminated(self.parent_run_id, "KILLED")
-            print(f"{why}: the study and its runs are consistent; run again with resume=true to continue",
-                  file=sys.stderr)
-            return 130 if interrupted else 1
+            return self._killed(client, interrupted, crashed)
         if too_many_failures(self.study, self.opt):
             fail_run(client, self.parent_run_id, f"more than {self.study.max_fail_rate:.0%} of the trials failed")
             print(f"error: more than {self.study.max_fail_rate:.0%} of the trials failed; see their stop_reason "
@@ -411,13 +445,27 @@ class Sweep:
         if self.study.final is not None and "final.base" not in self.opt.user_attrs:
             control = " and the control" if self.study.control and self.study.control["kind"] == "final" else ""
             print(f"scoring the best recipe, the base{control} with {' '.join(self.study.final)}", file=sys.stderr)
-            self._start("score_final").wait()
+            scorer = self._start("score_final")
+            if self._wait([scorer]) or scorer.returncode in (exit_code(signal.SIGINT), exit_code(signal.SIGTERM)):
+                return self._killed(client, True, [])  # resume=true scores them again
         result = report.write(self.opt, self.study, client=client, parent_run_id=self.parent_run_id)
         client.log_metric(self.parent_run_id, "sweep_wall_seconds", wall)
+        if "stop_reason" in client.get_run(self.parent_run_id).data.tags:  # an earlier stop's, now resumed to the end
+            client.delete_tag(self.parent_run_id, "stop_reason")
         client.set_terminated(self.parent_run_id, "FINISHED")
         print(f"{result.verdict.result}: {result.verdict.summary}\nreport: {result.markdown_path}")
         print(self.links(client.get_run(self.parent_run_id).info.experiment_id))
         return 0
+
+    def _killed(self, client, interrupted: bool, crashed: list) -> int:
+        """Close the parent run as KILLED with why it stopped: exit 130 or 143 (interrupted), else 1."""
+        why = (f"interrupted ({self.stop.name})" if self.stop.signum else "interrupted") if interrupted \
+            else f"worker exit codes {crashed}"
+        client.set_tag(self.parent_run_id, "stop_reason", f"{why}; resume=true continues the study")
+        client.set_terminated(self.parent_run_id, "KILLED")
+        print(f"{why}: the study and its runs are consistent; run again with resume=true to continue",
+              file=sys.stderr)
+        return self.stop.code if interrupted else 1
 
     def links(self, experiment_id: str) -> str:
         """Where to look at the study: its parent run in the MLflow UI (the command that serves a local store,

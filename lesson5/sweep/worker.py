@@ -6,6 +6,12 @@ a trial costs little beyond its training. Each trial composes its config with `l
 same `run(cfg)` as the command line, as a child of the study's parent run; a grid's points that differ only in a
 stack's member keys (seed, lr, wd, ...) are claimed together and trained as one fit by `run_stack` (`stack=`),
 each still its own Optuna trial and MLflow run.
+
+Stopping. The driver starts a worker in a session of its own and forwards it SIGINT or SIGTERM (`_STOP`): the
+running trials' fit stops at once (never inside a write to the study's storage), their MLflow runs end KILLED and
+their Optuna trials FAIL with outcome `interrupted` (resume=true runs their points again), quietly; no trial is
+claimed after a stop, and the worker exits 130 (SIGINT) or 143 (SIGTERM). A worker whose driver dies stops the same
+way (`_watch_parent`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import time
 STARTED = time.time()  # this process's start, near enough: the worker's wall time counts from here
 
 import os  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 from typing import Optional  # noqa: E402
 
 import optuna  # noqa: E402
@@ -24,12 +32,15 @@ from optuna.trial import TrialState  # noqa: E402
 from lesson5.callback import Callback  # noqa: E402
 from lesson5.errors import ConfigError  # noqa: E402
 from lesson5.outcome import outcome  # noqa: E402
+from lesson5.process import Stop  # noqa: E402
 from lesson5.sweep import storage as stores  # noqa: E402
 from lesson5.sweep.spec import Param, Study  # noqa: E402
 from lesson5.tracking import Tracker  # noqa: E402
 
 # Optuna's state for each way a trial's run can end (lesson5.outcome): the run's tag `optuna.state`.
 OPTUNA_STATE = {"finished": "COMPLETE", "pruned": "PRUNED"}
+# SIGINT and SIGTERM (from the driver): installed by cli(); raised only while trials train, never in a storage write
+_STOP = Stop()
 
 
 class Pruning(Callback):
@@ -44,8 +55,10 @@ class Pruning(Callback):
     def after_epoch(self, learn) -> None:
         value = learn.metrics[self.metric]
         self.epochs = learn.epoch + 1
-        self.trial.report(value, learn.epoch)
-        if self.trial.should_prune():
+        with _STOP.shielded():  # a write to the study's storage: a stop waits until it is done
+            self.trial.report(value, learn.epoch)
+            prune = self.trial.should_prune()
+        if prune:
             raise optuna.TrialPruned(f"pruned after epoch {self.epochs} of {learn.epochs}: {self.metric} {value:.4f}")
 
 
@@ -87,12 +100,13 @@ def run_trials(study: Study, tracker: Tracker, parent_run_id: str, trials: list[
         return {"optuna.state": OPTUNA_STATE.get(end.outcome, "FAIL")}
 
     try:
-        if len(trials) == 1:
-            results = [run(cfgs[0], overrides=swept[0], tracker=tracker, parent_run_id=parent_run_id, tags=tags[0],
-                           callbacks=prunes, end_tags=end_tags)]
-        else:  # each member's own end (diverged, pruned) comes back as its result
-            results = run_stack(cfgs, overrides=swept, callbacks=[[p] for p in prunes], tracker=tracker,
-                                parent_run_id=parent_run_id, tags=tags, end_tags=[end_tags] * len(trials))
+        with _STOP.interruptible():  # a stop that came since the claim stops them before they start
+            if len(trials) == 1:
+                results = [run(cfgs[0], overrides=swept[0], tracker=tracker, parent_run_id=parent_run_id,
+                               tags=tags[0], callbacks=prunes, end_tags=end_tags)]
+            else:  # each member's own end (diverged, pruned) comes back as its result
+                results = run_stack(cfgs, overrides=swept, callbacks=[[p] for p in prunes], tracker=tracker,
+                                    parent_run_id=parent_run_id, tags=tags, end_tags=[end_tags] * len(trials))
     except Exception as e:  # noqa: BLE001 - a diverged or failing trial (or stack) ends FAIL; the sweep goes on
         results = [e] * len(trials)
     except BaseException as e:  # Ctrl-C: the claimed trials end FAIL, as Optuna's optimize leaves them
@@ -204,7 +218,7 @@ def main(study: Study, storage: str, study_name: str, parent_run_id: str, tracki
     code, trials = 0, 0
     size = stack_size(study)
     try:
-        while not too_many_failures(study, opt):
+        while not too_many_failures(study, opt) and _STOP.signum is None:
             # The lock is held from the claim until Optuna has handed out the claimed trials, so each worker runs
             # the trials it enqueued, and none is left WAITING.
             with stores.lock(storage, study_name):
@@ -218,10 +232,12 @@ def main(study: Study, storage: str, study_name: str, parent_run_id: str, tracki
                 break
             run_trials(study, tracker, parent_run_id, asked, opt)
             trials += len(asked)
-    except KeyboardInterrupt:
-        code = 130
+    except KeyboardInterrupt:  # the trials have been told (run_trials): nothing to print
+        code = _STOP.code
     finally:
-        tracker.close()
+        tracker.close()  # their runs' ends reach the store
+    if _STOP.signum is not None:
+        code = _STOP.code
     if code == 0:  # for the throughput report: this worker's wall time and trials
         try:
             opt.set_user_attr(f"worker {stores.HOST} {os.getpid()}", {"wall_s": time.time() - STARTED,
@@ -248,16 +264,28 @@ def score_final(study: Study, storage: str, study_name: str, parent_run_id: str,
             recipes.append(("control", list(study.control["overrides"])))
         for label, overrides in recipes:
             # the finals keep their MLflow model: they are the study's answer
-            result = run(quiet_config([*study.base, *overrides, *study.final, "tracking.log_model=true"], track=True,
-                                      run_name=f"{study.name} final {label}"),
-                         overrides=[*overrides, *study.final], tracker=tracker, parent_run_id=parent_run_id,
-                         tags={"optuna.study": study_name, "sweep.final": label})
+            with _STOP.interruptible():
+                result = run(quiet_config([*study.base, *overrides, *study.final, "tracking.log_model=true"],
+                                          track=True, run_name=f"{study.name} final {label}"),
+                             overrides=[*overrides, *study.final], tracker=tracker, parent_run_id=parent_run_id,
+                             tags={"optuna.study": study_name, "sweep.final": label})
             folds = {name: m[study.metric] for name, m in result.folds.items()}
             seconds = {name: m["train_seconds"] for name, m in result.folds.items()}
             opt.set_user_attr(f"final.{label}", {"overrides": overrides, "folds": folds, "seconds": seconds,
                                                  "run_id": result.run_id})
+    except KeyboardInterrupt:  # its run ended KILLED; resume=true scores the finals again
+        pass
     finally:
         tracker.close()
+    if _STOP.signum is not None:
+        sys.exit(_STOP.code)
+
+
+def _watch_parent(parent: int) -> None:
+    """A thread: once the driver is gone (this process reparented: it was killed), stop as if it had said so."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def cli() -> None:
@@ -265,6 +293,8 @@ def cli() -> None:
     "main" (a worker) or "score_final"."""
     import pickle
 
+    _STOP.install()  # SIGINT and SIGTERM, held since the start (process.start_module), are taken from here on
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="lesson5-worker-parent", daemon=True).start()
     entry, args = pickle.load(sys.stdin.buffer)
     {"main": main, "score_final": score_final}[entry](*args)
 
