@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from lesson5 import losses, optim, stages
+from lesson5 import losses, models, optim, stages
 from lesson5.callback import EVENTS, Callback, CancelFit
 from lesson5.config import Config
 from lesson5.data import Data, Fold, batches
@@ -74,7 +74,8 @@ class Learner:
                     callbacks: Sequence[Callback] = (), schedule: bool = True) -> Learner:
         """A Learner for one fold of `conf`: its optimizer over the model's layer groups, its Recorder, the
         schedule (unless `schedule` is False: a callback of the caller's sets the lr), a progress bar with
-        `trainer.progress`, and the batch sources."""
+        `trainer.progress`, and the batch sources (for a model with BatchNorm, without a last training batch of
+        one row: `lesson5.data.batches`)."""
         groups = model.layer_groups()
         opt = optim.build(conf.optim, groups, [conf.optim.lr] * len(groups))
         mom_key = optim.momentum_key(conf.optim)
@@ -83,7 +84,8 @@ class Learner:
         bar = [ProgressBar(label=f"{fold.name} " if len(data.folds) > 1 else "")] if conf.trainer.progress else []
         bs, workers = conf.trainer.bs, getattr(conf.data, "num_workers", 0)
         cuda = device.type == "cuda"
-        learn = cls(model, batches(fold.train, bs, device, train=True, num_workers=workers),
+        drop_one = models.has_batchnorm(model)  # a last batch of one row, which BatchNorm cannot train on
+        learn = cls(model, batches(fold.train, bs, device, train=True, num_workers=workers, drop_one=drop_one),
                     batches(fold.valid, bs, device, train=False, num_workers=workers), opt=opt,
                     seed=conf.trainer.seed, loss_fn=losses.build(model.loss, conf.loss.impl),
                     callbacks=[recorder, *callbacks, *bar, *([scheduler] if scheduler else [])],

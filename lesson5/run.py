@@ -129,6 +129,7 @@ def _run(cfg: DictConfig, conf: Config, device: torch.device, overrides: Sequenc
     _threads(conf)
     data = datasets.build(conf.data)
     model = build_model(conf, data, device)  # before the run exists: bad weights are refused here
+    extra_tags = {**extra_tags, **batch_of_one(conf, data, model)}
     per_fold, learn = {}, None
     with _tracked(cfg, conf, data, device, overrides, tracker, parent_run_id, extra_tags, end_tags) as main:
         for fold in data.folds:
@@ -155,6 +156,30 @@ def _run(cfg: DictConfig, conf: Config, device: torch.device, overrides: Sequenc
         main.log_metrics([(k, v, step) for k, v in result.metrics.items() if k not in logged])
     _where(result, main)
     return result
+
+
+BATCH_OF_ONE_TAG = "batch_of_one_dropped"
+
+
+def batch_of_one(conf: Config, data: datasets.Data, model: torch.nn.Module) -> dict[str, str]:
+    """For a model with BatchNorm, which cannot train on one row: trainer.bs=1 refused (validate refuses it for the
+    models whose config says they have BatchNorm; this catches a plugin's that does not say), and a training set
+    one more than a multiple of bs noted, printed and as the run's tag, since its last batch (one row) is left out
+    of each epoch (lesson5.data.batches)."""
+    if not models.has_batchnorm(model):
+        return {}
+    bs = conf.trainer.bs
+    if bs == 1:
+        raise ConfigError(f"trainer.bs=1 is not allowed with model={conf.model.name}: it has BatchNorm layers, which "
+                          f"cannot train on a batch of one row; use trainer.bs=2 or more")
+    folds = [f for f in data.folds if datasets.batches_drop_one(f.train, bs)]
+    if not folds:
+        return {}
+    rows = ", ".join(f"{f.name} {datasets.rows(f.train)}" for f in folds)
+    note = (f"the last training batch of each epoch, one row, is left out: BatchNorm cannot train on one row "
+            f"(training rows: {rows}; trainer.bs={bs})")
+    print(f"note: {note}", file=sys.stderr)
+    return {BATCH_OF_ONE_TAG: note}
 
 
 def _threads(conf: Config) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from lesson5.components import data_spec
 from lesson5.data.batches import batches
+from lesson5.data.batches import drops_one as batches_drop_one
+from lesson5.data.batches import size as rows
 from lesson5.data.folds import Data, Fold
 
 _built: dict[str, Data] = {}  # by the data config's repr: a process that runs many trials (a sweep worker) reads once
@@ -22,4 +24,4 @@ def build(conf) -> Data:
     return _built[key]
 
 
-__all__ = ["Data", "Fold", "build", "batches"]
+__all__ = ["Data", "Fold", "build", "batches", "batches_drop_one", "rows"]

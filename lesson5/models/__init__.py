@@ -19,7 +19,16 @@ LOSSES = {name: spec.loss for name, spec in MODELS.items()}  # what it trains on
 GROUPS = {name: spec.groups for name, spec in MODELS.items()}  # for checking stage lrs without torch
 GROUPS_OF_BODIES = {name: spec.groups for name, spec in MODELS.items() if spec.takes_weights}  # pretrained bodies
 
-__all__ = ["GROUPS", "GROUPS_OF_BODIES", "LOGGED", "LOSSES", "MODELS", "REGISTRY", "build", "weights_run"]
+__all__ = ["GROUPS", "GROUPS_OF_BODIES", "LOGGED", "LOSSES", "MODELS", "REGISTRY", "build", "has_batchnorm",
+           "weights_run"]
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether a built model has BatchNorm layers, which cannot train on a batch of one row (its config says so
+    beforehand: `ModelConf.has_batchnorm`, checked by validate)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
 def weights_run(conf) -> Optional[str]:
