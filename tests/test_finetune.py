@@ -144,9 +144,39 @@ def test_imagenet_weights_offline_say_where_to_put_the_file(tmp_path, monkeypatc
 # ---- image folders ----------------------------------------------------------------------------------------
 
 
+def test_a_folder_of_non_images_says_so_and_the_layout_expected(tmp_path):
+    """Issue 21: files named as images that are not (all skipped as unreadable) said 'only 0 class ()'; other files
+    said 'no images there'."""
+    for c in ("cat", "dog"):
+        (tmp_path / "fake" / c).mkdir(parents=True)
+        (tmp_path / "fake" / c / f"{c}_1.jpg").write_text("not an image")
+        (tmp_path / "text" / c).mkdir(parents=True)
+        (tmp_path / "text" / c / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError) as err:
+        images.scan(tmp_path / "fake", None, skip_corrupt=True)
+    assert "none of its 2 image file(s) can be read" in str(err.value) and "only 0 class" not in str(err.value)
+    with pytest.raises(DataError) as err:
+        images.scan(tmp_path / "text", None, skip_corrupt=True)
+    message = str(err.value)
+    assert f"no images found in {tmp_path / 'text'}" in message and f"{tmp_path / 'text'}/<class>/<image>.jpg" in \
+        message and "notes.txt" in message
+
+
+def test_a_file_given_as_data_path_is_called_a_file(tmp_path, movielens_dir):
+    from lesson5.data import movielens
+
+    image = write_images(tmp_path / "imgs") / "cat" / "cat_0.png"
+    with pytest.raises(DataError, match=f"data.path={image} is a file, not a folder"):
+        images.scan(image, None, True)
+    with pytest.raises(DataError, match="is a file, not a folder: point it at the folder holding MovieLens"):
+        movielens.locate(compose([f"data.path={movielens_dir / 'u.data'}"]).data)
+    with pytest.raises(DataError, match="no such folder"):
+        movielens.locate(compose([f"data.path={tmp_path / 'nowhere'}"]).data)
+
+
 def test_image_folder_errors_name_the_folder_or_file(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no images there"):
+    with pytest.raises(DataError, match="no images found in .*empty: expected an ImageFolder tree"):
         images.scan(tmp_path / "empty", None, True)
     with pytest.raises(DataError, match="only 1 class"):
         images.scan(write_images(tmp_path / "one", classes=("cat",)), None, True)

@@ -89,9 +89,14 @@ def _readable(path: Path) -> bool:
 
 def scan(folder: Path, label_regex: str | None, skip_corrupt: bool) -> tuple[list[Path], list[str], int]:
     """(files, their labels, how many unreadable files were skipped) under `folder`."""
+    layouts = (f"an ImageFolder tree, {folder}/<class>/<image>.jpg (a subfolder per class), or a flat folder "
+               f"{folder}/<image>.jpg with data.label_regex reading each label from the file name")
+    if folder.is_file():
+        raise DataError(f"data.path={folder} is a file, not a folder: data=images reads {layouts}. Point data.path "
+                        f"at the folder{f' ({folder.parent})' if folder.parent != folder else ''} holding the "
+                        f"images.")
     if not folder.is_dir():
-        raise DataError(f"data.path={folder}: no such folder. Point it at an ImageFolder tree (a subfolder per "
-                        f"class) or at a flat folder of images with data.label_regex.")
+        raise DataError(f"data.path={folder}: no such folder. Point it at {layouts}.")
     if label_regex:
         pattern = re.compile(label_regex)
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
@@ -109,7 +114,11 @@ def scan(folder: Path, label_regex: str | None, skip_corrupt: bool) -> tuple[lis
             raise DataError(f"data.path={folder} holds images but no class subfolders: set data.label_regex to "
                             f"read each label from its file name (Pets: '^(.+)_\\d+\\.jpg$').")
     if not files:
-        raise DataError(f"data.path={folder}: no images there ({', '.join(sorted(EXTENSIONS))}).")
+        others = sorted(p for p in folder.rglob("*") if p.is_file())
+        seen = f"; it holds {len(others)} other file(s), such as {others[0].relative_to(folder)}" if others else \
+            "; it is empty"
+        raise DataError(f"data.path={folder}: no images found in {folder}: expected {layouts}, as "
+                        f"{', '.join(sorted(EXTENSIONS))} files{seen}.")
     ok = [_readable(p) for p in files]
     bad = [p for p, good in zip(files, ok) if not good]
     if bad and not skip_corrupt:
@@ -119,6 +128,9 @@ def scan(folder: Path, label_regex: str | None, skip_corrupt: bool) -> tuple[lis
         print(f"warning: skipping {len(bad)} unreadable image(s) in {folder}, first {bad[0]} "
               f"(data.skip_corrupt=false refuses them instead)", file=sys.stderr)
     files, labels = [p for p, g in zip(files, ok) if g], [lab for lab, g in zip(labels, ok) if g]
+    if not files:
+        raise DataError(f"data.path={folder}: none of its {len(bad)} image file(s) can be read (first {bad[0]}): "
+                        f"they are not images, or damaged. Point data.path at a folder of readable images.")
     if len(set(labels)) < 2:
         raise DataError(f"data.path={folder}: only {len(set(labels))} class ({', '.join(sorted(set(labels)))}); "
                         f"a classifier needs at least two.")

@@ -57,6 +57,13 @@ def locate(conf: MovieLensConf) -> Path:
     """A folder holding verified u.data and u.item: data.path if given, else the cache, else fetch."""
     if conf.path:
         folder = Path(conf.path).expanduser()
+        if folder.is_file():
+            raise DataError(f"data.path={conf.path} is a file, not a folder: point it at the folder holding "
+                            f"MovieLens-100k's u.data and u.item (ml-100k/, unzipped), or drop data.path to fetch "
+                            f"them.")
+        if not folder.is_dir():
+            raise DataError(f"data.path={conf.path}: no such folder. Point it at the folder holding MovieLens-100k's "
+                            f"u.data and u.item (ml-100k/, unzipped), or drop data.path to fetch them.")
         missing = [f for f in FILES if not (folder / f).is_file()]
         if missing:
             raise DataError(f"data.path={conf.path}: no {', '.join(missing)} there. Put MovieLens-100k's u.data and "
