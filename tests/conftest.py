@@ -90,7 +90,7 @@ def postgres_uri():
     try:
         subprocess.run([*as_user, bindir / "createdb", "-h", root, "-p", str(port), "-U", "postgres", "mlflow"],
                        check=True, capture_output=True)
-        yield f"postgresql+psycopg2://postgres@/mlflow?host={root}&port={port}"
+        yield f"postgresql://postgres@/mlflow?host={root}&port={port}"
     finally:
         subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
