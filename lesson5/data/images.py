@@ -112,7 +112,8 @@ def scan(folder: Path, label_regex: str | None, skip_corrupt: bool) -> tuple[lis
         labels = [p.parent.name for p in files]
         if not files and any(p.suffix.lower() in EXTENSIONS for p in folder.iterdir()):
             raise DataError(f"data.path={folder} holds images but no class subfolders: set data.label_regex to "
-                            f"read each label from its file name (Pets: '^(.+)_\\d+\\.jpg$').")
+                            f"read each label from its file name (Pets, quoted for the shell and Hydra: "
+                            f"'data.label_regex=\"^(.+)_\\d+\\.jpg$\"').")
     if not files:
         others = sorted(p for p in folder.rglob("*") if p.is_file())
         seen = f"; it holds {len(others)} other file(s), such as {others[0].relative_to(folder)}" if others else \
