@@ -188,6 +188,9 @@ class Command:
             raise UsageError(f"unexpected argument {positional[len(self.arguments)]!r}")
         if len(positional) < len(self.arguments):
             raise UsageError(f"missing <{self.arguments[len(positional)][0]}>")
+        for (name, about), given in zip(self.arguments, positional):
+            if not given.strip():
+                raise UsageError(f"<{name}> is empty: give {about}")
         for o in self.options:
             if o.required and o.key not in values:
                 raise UsageError(f"{o.key}= is required: {o.help}")
