@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -169,3 +171,79 @@ def test_sigterm_ends_a_command_as_interrupted(capsys):
 
     assert cli.run(cli.Command("lesson5-x", "lesson5.x", "test", ""), [], body) == cli.INTERRUPTED
     assert signal.getsignal(signal.SIGTERM) is not cli._interrupt  # the caller's handler is back
+
+
+# ---- issue 21: the inputs a user found, each refused (exit 2) naming its cause, with no traceback and no store ----
+
+@pytest.mark.parametrize("module, args, says", [
+    ("lesson5.lr_find", ["start_lr=abc"], "start_lr=abc: expected a number > 0"),
+    ("lesson5.lr_find", ["trainer.epochs=abc"], "trainer.epochs=abc: Value 'abc' of type 'str' could not be converted"),
+    ("lesson5.lr_find", ["optim=nadam"], "Could not find 'optim/nadam'"),
+    ("lesson5.lr_find", ["end_lr=inf"], "end_lr=inf: expected a finite number"),
+    ("lesson5.reproduce", ["trainer.epochs=abc", "quick=true", "only=y_range"], "trainer.epochs=abc: Value 'abc'"),
+    ("lesson5.reproduce", ["only=embedding", "out=/proc/nope/claims.md"], "out=/proc/nope/claims.md: cannot write"),
+    ("lesson5.transfer", ["trainer.epochs=abc"], "trainer.epochs=abc: Value 'abc'"),
+    ("lesson5.sweep.__main__", ["n_factors", "storage="], "storage= is empty"),
+    ("lesson5.sweep.__main__", ["n_factors", "study_name="], "study_name= is empty"),
+    ("lesson5.sweep.__main__", ["n_factors", "trainer.epochs=abc"], "the command line's trainer.epochs=abc"),
+    ("lesson5.report", ["n_factors", "storage="], "storage= is empty"),
+    ("lesson5.report", ["n_factors", "source=journal", "storage=."], "storage='.': give a journal file"),
+    ("lesson5.report", ["n_factors", "out=/proc/nope"], "out=/proc/nope: cannot write in /proc/nope"),
+    ("lesson5.report", ["n_factors", "study_name=../x"], "study_name=../x: give a plain name"),
+    ("lesson5.report", [""], "<study> is empty"),
+    ("lesson5.interpret", ["0" * 32, "tracking.url="], "unknown option 'tracking.url'"),
+    ("lesson5.interpret", ["0" * 32], "no MLflow store at"),
+    ("lesson5.recommend", ["0" * 32, "user=new", "kk="], "unknown option 'kk'"),
+    ("lesson5.recommend", ["0" * 32, "user=new", "k=0"], "k=0: expected an integer >= 1"),
+])
+def test_the_users_inputs_are_refused_naming_the_cause(module, args, says, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _main(module)(args) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err
+    assert not (tmp_path / "mlflow.db").exists(), "a refused command made an empty store"
+
+
+def test_an_unwritable_report_folder_is_refused_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    table = ROOT / "sweeps" / "results" / "n_factors.csv"
+    assert _main("lesson5.report")(["n_factors", f"table={table}", "out=afile"]) == 2
+    assert "out=afile: afile is a file" in capsys.readouterr().err
+    assert _main("lesson5.report")(["n_factors", f"table={table}", "out=afile/sub"]) == 2
+    assert "out=afile/sub: cannot write in afile/sub (Not a directory" in capsys.readouterr().err
+
+
+def test_an_upper_bound_and_a_check_refuse_what_can_only_be_a_mistake():
+    command = cli.Command(name="c", module="m", summary="s", example="e", options=(
+        cli.Option("workers", int, "processes", default=1, low=1, high=cli.max_workers(), why_high=cli.WORKERS_BOUND),
+        cli.Option("study_name", str, "a name", check=cli.plain_name)))
+    assert command.parse([f"workers={cli.max_workers()}"]).workers == cli.max_workers()
+    with pytest.raises(cli.UsageError, match=rf"workers=100000: expected an integer >= 1 <= {cli.max_workers()} "
+                                             r"\(4 per CPU core"):
+        command.parse(["workers=100000"])
+    for bad in ("x/y", ".hidden", " a"):
+        with pytest.raises(cli.UsageError, match=f"study_name={re.escape(bad)}: give a"):
+            command.parse([f"study_name={bad}"])
+
+
+def test_a_postgresql_url_without_its_driver_says_what_to_install():
+    from lesson5.sweep import storage
+
+    missing = ModuleNotFoundError("No module named 'psycopg2'", name="psycopg2")
+    with mock.patch("importlib.util.find_spec", return_value=None):
+        says = storage._fix("postgresql+psycopg2://u@h/db", missing)
+    assert 'pip install -e ".[postgres]"' in says and "storage=postgresql+psycopg2://u@h/db" in says
+    plain = storage._fix("postgresql://u@h/db", ModuleNotFoundError("No module named 'psycopg'", name="psycopg"))
+    assert "storage=postgresql+psycopg2://u@h/db" in plain
+
+
+def test_lr_find_refuses_a_pass_that_explodes_at_once_and_closes_its_run(tiny, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    assert _main("lesson5.lr_find")([*tiny, "end_lr=1e300"]) == 2
+    err = capsys.readouterr().err
+    assert "end_lr=1e+300: the loss exploded after" in err and "Lower end_lr" in err
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]

@@ -141,4 +141,28 @@ def test_spearman_is_pandas_spearman_without_scipy_at_import():
 
 def test_recommend_refuses_a_bad_count_naming_it(capsys):
     assert recommend.main(["0" * 32, "user=new", "k=abc"]) == 2
-    assert "k=abc: expected an integer >= 0" in capsys.readouterr().err
+    assert "k=abc: expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_a_filter_that_keeps_nothing_is_refused_and_the_runs_results_stay(trained, tiny, capsys):
+    """Issue 21: `lesson5-interpret <run> min_ratings=100000` replaced item_bias.csv with a header and exited 0."""
+    result, _ = trained
+    uri = _uri(tiny)
+    assert interpret.main([result.run_id, "min_ratings=20", f"tracking.uri={uri}"]) == 0
+    client = MlflowClient(uri)
+    before = pd.read_csv(client.download_artifacts(result.run_id, "interpret/item_bias.csv"))
+    capsys.readouterr()
+    assert interpret.main([result.run_id, "min_ratings=100000", f"tracking.uri={uri}"]) == 2
+    err = capsys.readouterr().err
+    assert "min_ratings=100000 keeps 0 items" in err and "the most-rated has" in err and "Give min_ratings=" in err
+    after = pd.read_csv(client.download_artifacts(result.run_id, "interpret/item_bias.csv"))
+    pd.testing.assert_frame_equal(before, after)
+    assert interpret.main([result.run_id, "top=2", f"tracking.uri={uri}"]) == 2  # too few for the components
+    assert "top=2 keeps 2 items" in capsys.readouterr().err
+
+
+def test_recommend_refuses_a_filter_that_keeps_no_item(trained, tiny, capsys):
+    result, _ = trained
+    assert recommend.main([result.run_id, "user=new", "min_ratings=100000", f"tracking.uri={_uri(tiny)}"]) == 2
+    assert "min_ratings=100000 keeps 0 items" in capsys.readouterr().err
+    assert recommend.main([result.run_id, "user=new", "k=0", f"tracking.uri={_uri(tiny)}"]) == 2
