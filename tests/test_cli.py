@@ -230,12 +230,13 @@ def test_an_upper_bound_and_a_check_refuse_what_can_only_be_a_mistake():
 def test_a_postgresql_url_without_its_driver_says_what_to_install():
     from lesson5.sweep import storage
 
-    missing = ModuleNotFoundError("No module named 'psycopg2'", name="psycopg2")
-    with mock.patch("importlib.util.find_spec", return_value=None):
-        says = storage._fix("postgresql+psycopg2://u@h/db", missing)
-    assert 'pip install -e ".[postgres]"' in says and "storage=postgresql+psycopg2://u@h/db" in says
-    plain = storage._fix("postgresql://u@h/db", ModuleNotFoundError("No module named 'psycopg'", name="psycopg"))
-    assert "storage=postgresql+psycopg2://u@h/db" in plain
+    says = storage._fix("postgresql://u@h/db", ModuleNotFoundError("No module named 'psycopg'", name="psycopg"))
+    assert 'pip install -e ".[postgres]"' in says and "psycopg" in says
+    other = storage._fix("postgresql+psycopg2://u@h/db", ModuleNotFoundError("no psycopg2", name="psycopg2"))
+    assert "psycopg2" in other and "storage=postgresql://u@h/db" in other
+    with mock.patch.dict(sys.modules, {"psycopg": None}):  # as if it were not installed
+        with pytest.raises(ConfigError, match=r'storage=postgresql://u@h:1/db: .*pip install -e "\.\[postgres\]"'):
+            storage.open_storage("postgresql://u@h:1/db")
 
 
 def test_lr_find_refuses_a_pass_that_explodes_at_once_and_closes_its_run(tiny, tmp_path, capsys):

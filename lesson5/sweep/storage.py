@@ -15,7 +15,6 @@ pid, and a claim fails the RUNNING trials of this host whose process is gone.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import socket
 import warnings
@@ -64,19 +63,19 @@ def open_storage(storage: str):
 
 def _fix(storage: str, error: Exception) -> str:
     """What to do about a database URL that cannot be opened: install its driver, or start the database.
-    lesson5's `postgres` extra installs psycopg2, and SQLAlchemy 2.1 takes a plain postgresql:// URL to mean
-    psycopg (version 3): such a URL needs the driver named, postgresql+psycopg2://."""
+    lesson5's `postgres` extra installs psycopg (3), which SQLAlchemy 2.1 takes a plain postgresql:// URL to mean."""
     if not isinstance(error, ImportError):
         return "Start the database or fix the URL."
     scheme, _, rest = storage.partition("://")
     if scheme.split("+")[0] not in ("postgresql", "postgres"):
         return (f"Its database driver{f' ({error.name})' if error.name else ''} is not installed: pip install it, "
                 f"or name an installed one in the URL (dialect+driver://...).")
-    named = f"postgresql+psycopg2://{rest}"
-    if importlib.util.find_spec("psycopg2") is not None and scheme != "postgresql+psycopg2":
-        return f"psycopg2 is installed, and {scheme}:// asks for {error.name or 'another driver'}: give storage={named}"
-    return (f"The PostgreSQL driver is not installed ({error.name or error}): pip install -e \".[postgres]\" in the "
-            f"checkout (or pip install psycopg2-binary), and give storage={named}")
+    driver = error.name or "the PostgreSQL driver"
+    if scheme in ("postgresql", "postgresql+psycopg"):
+        return (f"The PostgreSQL driver ({driver}) is not installed: pip install -e \".[postgres]\" in the checkout "
+                f"(or pip install 'psycopg[binary]')")
+    return (f"The driver {scheme}:// names ({driver}) is not installed: pip install it, or pip install -e "
+            f"\".[postgres]\" in the checkout and give storage=postgresql://{rest}")
 
 
 def load_study(storage: str, study_name: str) -> optuna.Study:
