@@ -244,6 +244,9 @@ def test_sweep(world, capsys, monkeypatch, drawn):
     "study_name": st.sampled_from(["n_factors", "", "../x", ".hidden", "mine"]),
     "out": st.sampled_from(["res", "", ".", "/proc/nope", AFILE])}, overrides=True))
 def test_report(world, capsys, drawn):
+    study = drawn[0] if drawn else ""
+    if study in ("n_factors", "y_range") and not any(a.startswith(("table=", "source=")) for a in drawn):
+        drawn.append(f"table={ROOT / 'sweeps' / 'results' / study}.csv")  # most lines can succeed
     if not any(a.startswith("out=") for a in drawn):
         drawn.append("out=res")  # never the committed sweeps/results/
     check(world, capsys, "lesson5.report", drawn)
@@ -282,6 +285,9 @@ def test_recommend(world, capsys, data):
                                    "min_ratings": st.sampled_from(["0", "5", "100000", "-1", ""]),
                                    "top": st.sampled_from(["10", "0", "x"]),
                                    "tracking.uri": _store(world)}, overrides=False))
+    if not any(a.startswith("user=") for a in drawn) and data.draw(st.integers(0, 4)) > 0:
+        drawn.append(data.draw(st.sampled_from(["user=1", "user=new min_ratings=5"])))
+        drawn = [*drawn[:-1], *drawn[-1].split()]
     check(world, capsys, "lesson5.recommend", _in_store(world, data, drawn))
 
 
