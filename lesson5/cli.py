@@ -6,7 +6,8 @@ A command declares its options (`Option`: a key with a type, a range and a help 
 key starts with a config group or field (model, data, trainer, tracking, experiment, hydra...) is a Hydra override,
 taken as `python -m lesson5` takes it, for every run the command makes. `--config-dir DIR` adds a folder of the
 user's own configs (`experiment/NAME.yaml`...) to Hydra's search path. `--help` prints what the command does, its
-keys and an example. Exit codes, the same for every entry point: 0 done, 2 refused input, 130 interrupted.
+keys and an example. Exit codes, the same for every entry point: 0 done, 2 refused input, 130 interrupted (143
+by SIGTERM).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from lesson5.config import CONF_DIR, Config, searchpath
-from lesson5.errors import Lesson5Error
+from lesson5.errors import Lesson5Error, describe
 
-DONE, REFUSED, INTERRUPTED = 0, 2, 130
+DONE, REFUSED, INTERRUPTED, TERMINATED = 0, 2, 130, 143
 HELP = ("-h", "--help")
 CONFIG_DIR = "--config-dir"
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -146,7 +147,7 @@ class Command:
     def help(self) -> str:
         """The --help text: what the command does, its keys, exit codes and an example."""
         return (f"{self.name}: {self.summary}\n\n{self.usage()}\n\nexit codes: 0 done, 2 refused input, "
-                f"130 interrupted\n\nexample:\n  {self.name} {self.example}")
+                f"130 interrupted (143 by SIGTERM)\n\nexample:\n  {self.name} {self.example}")
 
     def parse(self, argv: Sequence[str]) -> SimpleNamespace:
         """The arguments, options (typed, defaults filled in) and Hydra overrides in argv; UsageError if it
@@ -275,16 +276,6 @@ def plain_name(value: Any) -> Optional[str]:
     return None
 
 
-def describe(error: BaseException) -> str:
-    """An error's message as a user needs it: Hydra's "Error merging override trainer.epochs=abc" with its cause
-    (the value and the type it wanted), without the config search path Hydra appends."""
-    text = str(error).split("\nConfig search path:")[0].rstrip()
-    cause = error.__cause__
-    if cause is not None and str(cause).strip():
-        text += f": {str(cause).strip().splitlines()[0]}"
-    return text
-
-
 def checked(overrides: Sequence[str], base: Sequence[str] = ()):
     """(cfg, conf): the config of `base` then the command line's `overrides`, composed and validated before a
     command opens a store or reads data, so that a refused one leaves nothing behind; a ConfigError naming the
@@ -342,7 +333,8 @@ def existing_store(uri: Optional[str], key: str = "tracking.uri") -> str:
 
 def run(command: Command, argv: Optional[Sequence[str]], body: Callable[[SimpleNamespace], Optional[int]]) -> int:
     """Parse argv (default: sys.argv[1:]) for `command` and call body with what it holds; the shared exit codes:
-    0 done (or --help), 2 refused input (a bad command line, or a Lesson5Error from body), 130 interrupted."""
+    0 done (or --help), 2 refused input (a bad command line, or a Lesson5Error from body), 130 interrupted (143
+    by SIGTERM)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = command.parse(argv)
@@ -356,15 +348,19 @@ def run(command: Command, argv: Optional[Sequence[str]], body: Callable[[SimpleN
     try:
         code = body(args)
     except (Lesson5Error, HydraException, OmegaConfBaseException) as e:  # Hydra's: an override it cannot compose
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {describe(e)}", file=sys.stderr)
         return REFUSED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)
-        return INTERRUPTED
+        return TERMINATED if isinstance(e, _Terminated) else INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
     return DONE if code is None else code
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, taken as Ctrl-C but exiting 143."""
+
+
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    raise _Terminated

@@ -19,3 +19,13 @@ class TrackingError(Lesson5Error):
 
 class DivergedError(Lesson5Error):
     """A loss that became NaN or infinite."""
+
+
+def describe(error: BaseException) -> str:
+    """An error's message as a user needs it: Hydra's "Error merging override trainer.epochs=abc" with its cause
+    (the value and the type it wanted), without the config search path Hydra appends."""
+    text = str(error).split("\nConfig search path:")[0].rstrip()
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        text += f": {str(cause).strip().splitlines()[0]}"
+    return text

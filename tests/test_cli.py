@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
@@ -18,7 +17,7 @@ from lesson5.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 # (module, a command line it takes without running anything heavy up to its first check)
 ENTRY_POINTS = ["lesson5.sweep.__main__", "lesson5.report", "lesson5.lr_find", "lesson5.interpret",
-                "lesson5.recommend", "lesson5.reproduce", "lesson5.transfer", "lesson5.sync"]
+                "lesson5.recommend", "lesson5.reproduce", "lesson5.transfer", "lesson5.sync", "lesson5.dashboard"]
 
 
 def _main(module: str):
@@ -163,13 +162,14 @@ def test_an_override_hydra_cannot_compose_or_an_empty_value_exits_2(module, args
 
 
 def test_sigterm_ends_a_command_as_interrupted(capsys):
-    """`timeout`, `scancel` and a container's stop send SIGTERM: every command ends it as Ctrl-C (exit 130)."""
+    """`timeout`, `scancel` and a container's stop send SIGTERM: every command ends it as Ctrl-C, exit 143."""
     import signal
 
     def body(args):
         signal.raise_signal(signal.SIGTERM)
 
-    assert cli.run(cli.Command("lesson5-x", "lesson5.x", "test", ""), [], body) == cli.INTERRUPTED
+    assert cli.run(cli.Command("lesson5-x", "lesson5.x", "test", ""), [], body) == cli.TERMINATED == 143
+    assert "interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is not cli._interrupt  # the caller's handler is back
 
 
@@ -234,9 +234,13 @@ def test_a_postgresql_url_without_its_driver_says_what_to_install():
     assert 'pip install -e ".[postgres]"' in says and "psycopg" in says
     other = storage._fix("postgresql+psycopg2://u@h/db", ModuleNotFoundError("no psycopg2", name="psycopg2"))
     assert "psycopg2" in other and "storage=postgresql://u@h/db" in other
-    with mock.patch.dict(sys.modules, {"psycopg": None}):  # as if it were not installed
-        with pytest.raises(ConfigError, match=r'storage=postgresql://u@h:1/db: .*pip install -e "\.\[postgres\]"'):
-            storage.open_storage("postgresql://u@h:1/db")
+    # as if psycopg were not installed: in a process of its own, since taking a module out of sys.modules here
+    # would leave SQLAlchemy's dialect modules imported twice in this one
+    probe = ("import sys; sys.modules['psycopg'] = None\n"
+             "from lesson5.errors import ConfigError\nfrom lesson5.sweep import storage\n"
+             "try:\n    storage.open_storage('postgresql://u@h:1/db')\nexcept ConfigError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120).stdout
+    assert re.search(r'storage=postgresql://u@h:1/db: .*pip install -e "\.\[postgres\]"', out), out
 
 
 def test_lr_find_refuses_a_pass_that_explodes_at_once_and_closes_its_run(tiny, tmp_path, capsys):

@@ -26,10 +26,12 @@ COMMAND = cli.Command(
     arguments=(("study", "a study file (path/to/study.yaml), or a shipped study: " + ", ".join(spec.shipped())),),
     options=(
         cli.Option("n_trials", int, "trials to run (default: the study file's; a grid's every point)", low=1),
-        cli.Option("workers", int, "worker processes on this machine", default=1, low=1),
+        cli.Option("workers", int, "worker processes on this machine", default=1, low=1, high=cli.max_workers(),
+                   why_high=cli.WORKERS_BOUND),
         cli.Option("storage", str, "the Optuna storage: a journal file, or a database URL (postgresql://...)",
                    default=DEFAULT_JOURNAL),
-        cli.Option("study_name", str, "the study's name in the storage (default: the file's name)"),
+        cli.Option("study_name", str, "the study's name in the storage (default: the file's name)",
+                   check=cli.plain_name),
         cli.Option("resume", bool, "continue a study that already has trials", default=False),
         cli.Option("pruner", str, "stop poor trials early (default: the study file's)", choices=spec.PRUNERS),
         cli.Option("stack", str, "trials a worker trains as one fit (a grid's points that differ only in seed, lr, "

@@ -448,7 +448,13 @@ class Sweep:
             scorer = self._start("score_final")
             if self._wait([scorer]) or scorer.returncode in (exit_code(signal.SIGINT), exit_code(signal.SIGTERM)):
                 return self._killed(client, True, [])  # resume=true scores them again
-        result = report.write(self.opt, self.study, client=client, parent_run_id=self.parent_run_id)
+        try:
+            result = report.write(self.opt, self.study, client=client, parent_run_id=self.parent_run_id)
+        except ConfigError as e:  # its folder became unwritable while the trials ran: the trials are kept
+            again = (f"python -m lesson5.report {shlex.quote(str(self.study.path))} source=journal "
+                     f"storage={shlex.quote(self.storage)} study_name={self.study_name}")
+            fail_run(client, self.parent_run_id, f"{e}; then `{again}` writes it")
+            raise
         client.log_metric(self.parent_run_id, "sweep_wall_seconds", wall)
         if "stop_reason" in client.get_run(self.parent_run_id).data.tags:  # an earlier stop's, now resumed to the end
             client.delete_tag(self.parent_run_id, "stop_reason")

@@ -44,7 +44,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from lesson5.config import compose, validate
-from lesson5.errors import ConfigError
+from lesson5.errors import ConfigError, describe
 from lesson5.sweep.verdict import check_rule
 
 # sweeps/ at the top of the checkout, shipped inside the package as lesson5.sweeps (pyproject.toml's package-dir)
@@ -250,7 +250,6 @@ def check_pruner(study: Study) -> None:
 def _blame(study: Study, overrides: list[str], extra: list[str], error: Exception, what: str) -> ConfigError:
     """The error for a config that does not compose or validate: the command line's overrides are named when the
     study file's own base composes without them, the file otherwise (`what` says which of its parts)."""
-    from lesson5.cli import describe
 
     message = str(error) if isinstance(error, ConfigError) else describe(error)
     if overrides:
