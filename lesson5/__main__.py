@@ -9,6 +9,7 @@ config before the first one trains."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 
 from lesson5.process import Stop, fast_exit, pause_gc, resume_gc
@@ -100,17 +101,30 @@ _jobs_checked = False  # a multirun's jobs, all checked as its first job starts
 _stop = Stop()
 
 
+# Hydra's flags that take a value: it is not an override (`-cd DIR`, `--config-name NAME`, `--cfg job`...).
+HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
+                     "--package", "-p", "--info", "-i", "--experimental-rerun"}
+
+
 def multirun_jobs() -> list[list[str]]:
     """Each job's overrides in this multirun (`-m`), as Hydra's basic sweeper launches them: the command line's
-    overrides (and the config's hydra.sweeper.params), `key=a,b` lists expanded into every combination."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra._internal.utils import get_args_parser
+    overrides (and the config's hydra.sweeper.params), `key=a,b` lists expanded into every combination. Hydra's
+    public override parser does the parsing; the command line's flags and their values are left out."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    args, _ = get_args_parser().parse_known_args(sys.argv[1:])
+    args, rest = [], sys.argv[1:]
+    while rest:
+        arg = rest.pop(0)
+        if arg.startswith("-"):
+            if arg in HYDRA_VALUE_FLAGS and rest and not rest[0].startswith("-") and \
+                    (arg not in ("--info", "-i", "--cfg", "-c") or "=" not in rest[0]):
+                rest.pop(0)  # the flag's value
+        else:
+            args.append(arg)
     params = [f"{k}={v}" for k, v in (HydraConfig.get().sweeper.get("params") or {}).items()]
-    parsed = OverridesParser.create().parse_overrides([*params, *args.overrides])
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+               else [o.input_line] for o in OverridesParser.create().parse_overrides([*params, *args])]
+    return [list(job) for job in itertools.product(*choices)]
 
 
 def _one_line(error: BaseException) -> str:
@@ -147,8 +161,9 @@ def main(cfg: DictConfig) -> None:
     global _composed
     _composed = True
 
-    _stop.install()  # here too, for a caller that calls main() without console()
-    tracker = None
+    owner = not _stop.installed  # a caller that calls main() without console() gets its handlers back after
+    _stop.install()
+    tracker = result = None
     try:
         with _stop.interruptible():
             check_multirun()
@@ -168,9 +183,16 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(cli.REFUSED)
     except KeyboardInterrupt:
-        killed = ": the MLflow run was marked KILLED" if tracker is not None else ""
-        print(f"interrupted ({_stop.name}){killed}", file=sys.stderr)
+        if result is not None:  # the stop came as the finished run was closed: it stays FINISHED
+            report(result, tracker.spooled if tracker is not None else None)
+            print(f"stopped ({_stop.name}) as the finished run was closed: it is complete", file=sys.stderr)
+        else:
+            killed = ": the MLflow run was marked KILLED" if tracker is not None else ""
+            print(f"interrupted ({_stop.name}){killed}", file=sys.stderr)
         sys.exit(_stop.code)
+    finally:
+        if owner:
+            _stop.restore()
     report(result, tracker.spooled if tracker is not None else None)
 
 

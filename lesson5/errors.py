@@ -26,6 +26,7 @@ def describe(error: BaseException) -> str:
     (the value and the type it wanted), without the config search path Hydra appends."""
     text = str(error).split("\nConfig search path:")[0].rstrip()
     cause = error.__cause__
-    if cause is not None and str(cause).strip():
-        text += f": {str(cause).strip().splitlines()[0]}"
+    said = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    if said and said not in text:  # lesson5's own errors already quote theirs
+        text += f": {said}"
     return text

@@ -132,6 +132,9 @@ class Stop:
         self._previous: dict[int, Handler] = {}
 
     def install(self) -> Stop:
+        """Take SIGINT and SIGTERM from now on; a stop from an earlier install is forgotten."""
+        if not self.installed:
+            self.signum, self._raised = None, False
         if not self.installed and threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
             take_signals(self._handle)
@@ -188,7 +191,9 @@ class Stop:
         was, self._armed = self._armed, False
         try:
             yield
-        finally:
+        except BaseException:  # an error already on its way out is not replaced by the stop
             self._armed = was
-            if was and self.signum is not None:
-                self._raise()
+            raise
+        self._armed = was
+        if was and self.signum is not None:
+            self._raise()

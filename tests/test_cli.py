@@ -230,9 +230,9 @@ def test_an_upper_bound_and_a_check_refuse_what_can_only_be_a_mistake():
 def test_a_postgresql_url_without_its_driver_says_what_to_install():
     from lesson5.sweep import storage
 
-    says = storage._fix("postgresql://u@h/db", ModuleNotFoundError("No module named 'psycopg'", name="psycopg"))
+    says = storage.how_to_open("postgresql://u@h/db", ModuleNotFoundError("No module named 'psycopg'", name="psycopg"))
     assert 'pip install -e ".[postgres]"' in says and "psycopg" in says
-    other = storage._fix("postgresql+psycopg2://u@h/db", ModuleNotFoundError("no psycopg2", name="psycopg2"))
+    other = storage.how_to_open("postgresql+psycopg2://u@h/db", ModuleNotFoundError("no psycopg2", name="psycopg2"))
     assert "psycopg2" in other and "storage=postgresql://u@h/db" in other
     # as if psycopg were not installed: in a process of its own, since taking a module out of sys.modules here
     # would leave SQLAlchemy's dialect modules imported twice in this one

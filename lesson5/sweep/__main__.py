@@ -35,7 +35,9 @@ COMMAND = cli.Command(
         cli.Option("resume", bool, "continue a study that already has trials", default=False),
         cli.Option("pruner", str, "stop poor trials early (default: the study file's)", choices=spec.PRUNERS),
         cli.Option("stack", str, "trials a worker trains as one fit (a grid's points that differ only in seed, lr, "
-                   "wd, momentum, betas, eps or y_range): auto, or a whole number (1: each alone)"),
+                   "wd, momentum, betas, eps or y_range): auto, or a whole number (1: each alone)",
+                   check=lambda v: None if v == "auto" or (v.isdigit() and int(v) >= 1) else
+                   "give a positive whole number of trials to train as one stack, or auto (1 trains each alone)"),
         cli.Option("progress", bool, "show trials done, the best so far and the time left as they run", default=True),
     ),
     overrides="every trial")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lesson5.errors import ConfigError
-from lesson5.sweep.storage import DEFAULT_JOURNAL, is_url
+from lesson5.sweep.storage import DEFAULT_JOURNAL, how_to_open, is_url
 
 
 def readable(storage: str):
@@ -20,7 +20,8 @@ def readable(storage: str):
     reason otherwise."""
     import optuna
 
-    path = storage.split(":///", 1)[1] if storage.startswith("sqlite:///") else None if is_url(storage) else storage
+    path = storage.split(":///", 1)[1].split("?")[0] if storage.startswith("sqlite:///") else \
+        None if is_url(storage) else storage
     if path is not None and not Path(path).is_file():  # not made by opening it
         raise ConfigError(f"storage={storage}: no such file; give the storage a sweep printed (default "
                           f"{DEFAULT_JOURNAL}, in the folder the sweep ran from) or a database URL")
@@ -51,8 +52,7 @@ def _optuna_tables(url: str) -> None:
     try:
         engine = sqlalchemy.create_engine(url)
     except ImportError as e:
-        raise ConfigError(f"storage={url}: its database driver is not installed ({e}); for PostgreSQL: "
-                          f"pip install 'lesson5[postgres]'") from None
+        raise ConfigError(f"storage={url}: {how_to_open(url, e)}") from None
     try:
         tables = set(sqlalchemy.inspect(engine).get_table_names())
     finally:

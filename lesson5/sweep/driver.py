@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import pickle
 import shlex
 import signal
@@ -415,7 +416,7 @@ class Sweep:
         (`_wait` forwards it), so that the driver ends the study in order."""
         proc = start_module("lesson5.sweep.worker", own_group=True, hold_signals=True, stdin=subprocess.PIPE)
         proc.stdin.write(pickle.dumps((entry, (self.study, self.storage, self.study_name, self.parent_run_id,
-                                               self.tracking_uri))))
+                                               self.tracking_uri), os.getpid())))
         proc.stdin.close()
         return proc
 

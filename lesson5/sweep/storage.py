@@ -58,10 +58,10 @@ def open_storage(storage: str):
                                               engine_kwargs={"pool_pre_ping": True})
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's and the driver's errors vary
         raise ConfigError(f"storage={storage}: cannot open the Optuna storage ({type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0]}). {_fix(storage, e)}") from None
+                          f"{(str(e).splitlines() or [''])[0]}). {how_to_open(storage, e)}") from None
 
 
-def _fix(storage: str, error: Exception) -> str:
+def how_to_open(storage: str, error: Exception) -> str:
     """What to do about a database URL that cannot be opened: install its driver, or start the database.
     lesson5's `postgres` extra installs psycopg (3), which SQLAlchemy 2.1 takes a plain postgresql:// URL to mean."""
     if not isinstance(error, ImportError):

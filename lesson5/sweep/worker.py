@@ -294,8 +294,9 @@ def cli() -> None:
     import pickle
 
     _STOP.install()  # SIGINT and SIGTERM, held since the start (process.start_module), are taken from here on
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="lesson5-worker-parent", daemon=True).start()
-    entry, args = pickle.load(sys.stdin.buffer)
+    entry, args, driver = pickle.load(sys.stdin.buffer)
+    # the driver's pid as it sent it: a driver killed before this line is seen as gone at the first look
+    threading.Thread(target=_watch_parent, args=(driver,), name="lesson5-worker-parent", daemon=True).start()
     {"main": main, "score_final": score_final}[entry](*args)
 
 

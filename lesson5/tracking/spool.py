@@ -66,10 +66,12 @@ class Spool:
         root.mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-", dir=root))
         (self.dir / "target").write_text(uri)
-        self._file = open(self.dir / "messages.pkl", "xb")
+        part = self.dir / "messages.pkl.part"
+        self._file = open(part, "xb")
         fcntl.flock(self._file, fcntl.LOCK_EX)  # released when closed, or when this process dies
         self._file.write(MAGIC)
         self._file.flush()
+        part.rename(self.dir / "messages.pkl")  # pending() sees it only now, locked and marked: sync skips it
 
     def add(self, msg) -> None:
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
