@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lesson5.config import CONF_DIR, Config, searchpath
 from lesson5.errors import Lesson5Error, describe
+from lesson5.naming import plain_name  # noqa: F401 - an Option check the commands use as cli.plain_name
 
 DONE, REFUSED, INTERRUPTED, TERMINATED = 0, 2, 130, 143
 HELP = ("-h", "--help")
@@ -263,17 +264,6 @@ def max_workers() -> int:
 
 
 WORKERS_BOUND = f"4 per CPU core of this machine's {os.cpu_count() or 1}, at most 256"
-
-
-def plain_name(value: Any) -> Optional[str]:
-    """An Option check for a name that becomes a file name (a study's `<name>.md` and `<name>.csv`)."""
-    text = str(value)
-    if not text.strip() or text != text.strip():
-        return "give a name without leading or trailing spaces"
-    if any(c in text for c in "/\\") or text.startswith(".") or not text.isprintable():
-        return ("give a plain name (letters, digits, - and _): it names the report's files, <name>.md and "
-                "<name>.csv")
-    return None
 
 
 def checked(overrides: Sequence[str], base: Sequence[str] = ()):

@@ -9,7 +9,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 MAX_RUN_NAME = 250  # MLflow's run-name column; a longer name is cut, never refused
 
@@ -68,3 +68,14 @@ def note(conf, name: str, overrides: Sequence[str]) -> str:
     return (f"{name}: {conf.model.name} on {conf.data.name}, {o.name} wd={o.wd:g} ({o.wd_mode.value}), "
             f"{conf.schedule.name.value} schedule, {fits}, seed {conf.trainer.seed}. "
             f"Command: {' '.join([source_name(), *overrides])}")
+
+
+def plain_name(value: Any) -> Optional[str]:
+    """An Option check for a name that becomes a file name (a study's `<name>.md` and `<name>.csv`)."""
+    text = str(value)
+    if not text.strip() or text != text.strip():
+        return "give a name without leading or trailing spaces"
+    if any(c in text for c in "/\\") or text.startswith(".") or not text.isprintable():
+        return ("give a plain name (letters, digits, - and _): it names the report's files, <name>.md and "
+                "<name>.csv")
+    return None

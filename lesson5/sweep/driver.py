@@ -65,6 +65,7 @@ from lesson5.tracking.store import (
 )
 
 PARENT_ATTR = "mlflow_parent_run_id"
+STOPPED = (exit_code(signal.SIGINT), exit_code(signal.SIGTERM))  # the exit codes of a stopped worker
 ADDED_ATTR = "added_points"  # the points later looks added, each with its look
 
 
@@ -350,9 +351,8 @@ class Sweep:
         """Run this machine's workers until the study's points are claimed: (interrupted, crashed exit codes)."""
         procs = [self._start("main") for _ in range(self.workers)]
         interrupted = self._wait(procs)
-        stopped = (exit_code(signal.SIGINT), exit_code(signal.SIGTERM))  # a worker stopped by a signal of its own
-        return (interrupted or any(p.returncode in stopped for p in procs),
-                [p.returncode for p in procs if p.returncode not in (0, *stopped)])
+        return (interrupted or any(p.returncode in STOPPED for p in procs),  # a worker stopped by a signal of its own
+                [p.returncode for p in procs if p.returncode not in (0, *STOPPED)])
 
     def _wait(self, procs: list[subprocess.Popen]) -> bool:
         """Wait for the workers, the progress display polling the storage whenever it is due (`Progress.wait_s`).
@@ -447,7 +447,7 @@ class Sweep:
             control = " and the control" if self.study.control and self.study.control["kind"] == "final" else ""
             print(f"scoring the best recipe, the base{control} with {' '.join(self.study.final)}", file=sys.stderr)
             scorer = self._start("score_final")
-            if self._wait([scorer]) or scorer.returncode in (exit_code(signal.SIGINT), exit_code(signal.SIGTERM)):
+            if self._wait([scorer]) or scorer.returncode in STOPPED:
                 return self._killed(client, True, [])  # resume=true scores them again
         try:
             result = report.write(self.opt, self.study, client=client, parent_run_id=self.parent_run_id)

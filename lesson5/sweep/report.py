@@ -19,6 +19,7 @@ from typing import Optional, Union
 import optuna
 
 from lesson5.errors import ConfigError
+from lesson5.naming import plain_name
 from lesson5.sweep import table as tables
 from lesson5.sweep.spec import Study
 from lesson5.sweep.table import SEED, Table
@@ -291,9 +292,8 @@ def write(source: Union[Table, optuna.Study], study: Study, *, name: Optional[st
     report as <name>.csv, and the report is built from that table, as a rebuild from the table would build it.
     """
     name = name or (source.study_name if isinstance(source, optuna.Study) else study.name)
-    if not name or not name.strip() or "/" in name or name.startswith("."):
-        raise ConfigError(f"study_name={name!r}: give a plain name; it names the report's files <name>.md and "
-                          f"<name>.csv under {out_dir}")
+    if plain_name(name or ""):
+        raise ConfigError(f"study_name={name!r}: {plain_name(name or '')}")
     try:
         if isinstance(source, optuna.Study):
             table = tables.from_optuna(source, study)
@@ -308,9 +308,7 @@ def write(source: Union[Table, optuna.Study], study: Study, *, name: Optional[st
             (out_dir / png_name).write_bytes(png)
     except OSError as e:
         raise ConfigError(f"the report's folder {out_dir} cannot be written ({e.strerror or type(e).__name__}: "
-                          f"{e.filename or out_dir}); give out=DIR, a folder you can write to (the study's trials "
-                          f"are kept in its storage: python -m lesson5.report {study.name} source=journal "
-                          f"out=DIR rebuilds it)") from None
+                          f"{e.filename or out_dir}); the study's trials are kept in its storage") from None
     if client is not None and parent_run_id is not None:
         files, metrics, tags = for_parent(rep, source, table, study, name, out_dir)
         log_files(client, parent_run_id, files)
