@@ -3,7 +3,9 @@
 A spool is a folder under `.lesson5/offline/` (in the folder the command runs from) holding `target` (the store's
 URI) and `messages.pkl`: a format marker (`MAGIC`), then the writer's messages in order, one record each: its
 pickle's length (8 bytes) and CRC-32 (4 bytes), then the pickle, written in one call and flushed, so a crash
-loses at most the record being written. `Known` records name the runs that already exist in the store.
+of the process loses at most the record being written (only `close` fsyncs: a crash of the machine may lose
+what the system had not yet written, and sync then finds the spool cut). `Known` records name the runs that
+already exist in the store.
 
 A spool proves itself whole: `Spool.close` ends it with an `End` record, and `read` yields its messages only up
 to that record. Anything else is `Incomplete`, named by record number and byte offset: a record cut short (a
