@@ -177,3 +177,23 @@ def test_a_multirun_checks_every_job_before_the_first_trains(tmp_path, movielens
     assert "job 2 of 2 (trainer.bs=0)" in line and "trainer.bs=0 is not allowed" in line
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "mlflow.db").exists()  # no run, not even the store: nothing was started
+
+
+@pytest.mark.slow
+def test_a_group_sigterm_ends_a_run_with_dataloader_workers_killed(tmp_path):
+    """DataLoader workers leave the process group: a group's SIGTERM (`scancel`) reaches the main process only,
+    which closes the run KILLED. Before, it killed the workers too, and torch failed the fit ("DataLoader worker
+    ... is killed by signal: Terminated"): the run ended FAILED, with a traceback."""
+    from tests.test_finetune import write_images
+
+    db = tmp_path / "mlflow.db"
+    images = write_images(tmp_path / "images", n=12)
+    proc = _start(["-m", "lesson5", "model=resnet34", "model.weights=none", "data=images", f"data.path={images}",
+                   "data.size=32", "data.num_workers=2", "trainer.bs=4", "trainer.epochs=1000",
+                   "trainer.progress=false", f"tracking.uri=sqlite:///{db}", "tracking.experiment=test"], tmp_path)
+    _wait_until_training(proc, db)
+    err = _signal(proc, "group", signal.SIGTERM)
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
+    _, (run,) = _all_runs(db)
+    assert run.info.status == "KILLED" and run.data.tags["outcome"] == "interrupted", run.data.tags
+    _no_helper_left(tmp_path)

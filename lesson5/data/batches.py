@@ -16,6 +16,7 @@ part has one).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from typing import Optional, Union
 
@@ -97,13 +98,22 @@ class _Chunks(Sampler[list[int]]):
         return (rows[i : i + self.bs] for i in range(0, self.n, self.bs))
 
 
+def _own_process_group(worker_id: int) -> None:
+    """A DataLoader worker leaves the process group: SIGINT or SIGTERM sent to the group (Ctrl-C, `scancel`)
+    would kill it, and torch would then fail the fit ("DataLoader worker ... is killed by signal") while the main
+    process closes the run as KILLED. The main process ends its workers itself (and a worker whose main process
+    dies exits on its own); ignoring the signals instead would also ignore multiprocessing's terminate at exit."""
+    os.setpgid(0, 0)
+
+
 class LoaderBatches:
     """Batches from a DataLoader over `dataset`; workers persist across epochs, and across fits of a Learner."""
 
     def __init__(self, dataset: Dataset, bs: int, device: torch.device, num_workers: int = 0, drop_one: bool = False):
         self.order, self.device = _Order(len(dataset)), device
         self.loader = DataLoader(dataset, batch_sampler=_Chunks(self.order, bs, drop_one), num_workers=num_workers,
-                                 pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+                                 pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+                                 worker_init_fn=_own_process_group if num_workers > 0 else None)
 
     def __len__(self) -> int:
         return len(self.loader)
