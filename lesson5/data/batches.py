@@ -94,8 +94,11 @@ class _Chunks(Sampler[list[int]]):
         return math.ceil(self.n / self.bs)
 
     def __iter__(self) -> Iterator[list[int]]:
+        # a generator: the order is drawn at the first batch, not when iter() is called (torch's first loader
+        # iterator calls it twice, and an eager draw took the epoch's shuffle from the generator twice)
         rows = list(self.order)[: self.n]
-        return (rows[i : i + self.bs] for i in range(0, self.n, self.bs))
+        for i in range(0, self.n, self.bs):
+            yield rows[i : i + self.bs]
 
 
 def _own_process_group(worker_id: int) -> None:
