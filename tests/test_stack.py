@@ -189,4 +189,4 @@ def test_a_sweep_with_stacks_gives_each_trial_the_value_it_gets_alone(tmp_path, 
     assert values["auto"].keys() == values["1"].keys()
     assert all(abs(values["auto"][k] - values["1"][k]) <= 1e-6 for k in values["1"])
     bad = sweep(tmp_path, tmp_path / "1" / "tiny.yaml", "stack=0", *args)
-    assert bad.returncode == 2 and "stack='0'" in bad.stderr
+    assert bad.returncode == 2 and "stack=0: give a positive whole number" in bad.stderr
