@@ -607,11 +607,19 @@ def _unknown(node: Any, prefix: str = "") -> list[str]:
             if known is not None and key not in known:
                 out.append(_unknown_key(prefix, key, known))
                 continue
-            out.extend(_unknown(node._get_node(key), f"{prefix}{key}."))
+            out.extend(_unknown(_child(node, key), f"{prefix}{key}."))
     elif isinstance(node, ListConfig):
         for i in range(len(node)):
-            out.extend(_unknown(node._get_node(i), f"{prefix}{i}."))
+            out.extend(_unknown(_child(node, i), f"{prefix}{i}."))
     return out
+
+
+def _child(node: Any, key: Any) -> Any:
+    """A node's child, through OmegaConf's public API: None for a missing value or an interpolation (a leaf here,
+    never a schema's node; left unresolved, as validate reports those itself)."""
+    if OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key):
+        return None
+    return node[key]
 
 
 def _unknown_key(prefix: str, key: str, known: list[str]) -> str:
