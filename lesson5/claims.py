@@ -129,45 +129,93 @@ class Context:
                 if self.reuse else {}
         return self._found
 
-    def run(self, claim: str, overrides: list[str]) -> Optional[dict]:
-        """One lesson5 run's final metrics and run id (reused from MLflow when an earlier report, or an earlier
-        claim of this one, made the same run); None when it failed (diverged, say)."""
-        from lesson5.errors import DivergedError
-        from lesson5.lifecycle import quiet_config
-        from lesson5.run import run
+    def _key(self, overrides: list[str]) -> str:
+        return hashlib.sha1(" ".join([*overrides, *self.overrides]).encode()).hexdigest()[:16]
 
-        every = [*overrides, *self.overrides]
-        key = hashlib.sha1(" ".join(every).encode()).hexdigest()[:16]
+    def _known(self, claim: str, overrides: list[str]) -> bool:
+        """Whether the run is made already: in this report (memo) or a finished one of an earlier report (reused)."""
+        key = self._key(overrides)
         if key in self._memo:  # the same run serves two claims (Adam's lrs for adam_vs_sgd and adam_vs_momentum)
-            return self._memo[key]
+            return True
         if key in self._finished():
             self.made.append({"claim": claim, "overrides": overrides, "reused": True, **self._finished()[key]})
             self._memo[key] = self._finished()[key]
-            return self._memo[key]
-        name = f"{claim}: {' '.join(overrides)}"[:200]
-        cfg = quiet_config(every, track=True, experiment=EXPERIMENT, run_name=name)
-        try:
-            result = run(cfg, overrides=overrides, tags={"claims.claim": claim, "claims.trial": key})
-        except DivergedError:
-            self.made.append({"claim": claim, "overrides": overrides, "failed": "diverged"})
-            self._memo[key] = None
-            return None
-        out = {**result.metrics, "run_id": result.run_id}
-        self.made.append({"claim": claim, "overrides": overrides, "reused": False, **out})
-        self._memo[key] = out
-        print(f"  {name}", file=sys.stderr)
-        return out
+            return True
+        return False
+
+    def run(self, claim: str, overrides: list[str]) -> Optional[dict]:
+        """One lesson5 run's final metrics and run id (reused from MLflow when an earlier report, or an earlier
+        claim of this one, made the same run); None when it failed (diverged, say)."""
+        self.run_all(claim, [overrides])
+        return self._memo[self._key(overrides)]
+
+    def run_all(self, claim: str, runs: list[list[str]]) -> None:
+        """Make the runs not made yet; those that may share a stack (lesson5.stack) train as one, in stacks of the
+        size a sweep takes (lesson5.stack_size), each still its own MLflow run with its own metrics."""
+        from lesson5.lifecycle import quiet_config
+        from lesson5.stack import stack_key
+        from lesson5.stack_size import stack_size
+
+        todo: dict[str, list[str]] = {}
+        for overrides in runs:
+            if not self._known(claim, overrides):
+                todo.setdefault(self._key(overrides), overrides)
+        groups: dict[tuple, list[list[str]]] = {}
+        for overrides in todo.values():
+            groups.setdefault(stack_key([*overrides, *self.overrides]), []).append(overrides)
+        for group in groups.values():
+            size = stack_size(quiet_config([*group[0], *self.overrides]))[0] if len(group) > 1 else 1
+            for i in range(0, len(group), size):
+                self._make(claim, group[i:i + size])
+
+    def _make(self, claim: str, group: list[list[str]]) -> None:
+        """Train `group` (one run, or a stack of them) and keep each run's metrics, or None when it diverged."""
+        from lesson5.errors import DivergedError
+        from lesson5.lifecycle import quiet_config
+        from lesson5.run import run, run_stack
+
+        names = [f"{claim}: {' '.join(o)}"[:200] for o in group]
+        cfgs = [quiet_config([*o, *self.overrides], track=True, experiment=EXPERIMENT, run_name=name)
+                for o, name in zip(group, names)]
+        tags = [{"claims.claim": claim, "claims.trial": self._key(o)} for o in group]
+        if len(group) == 1:
+            try:
+                results = [run(cfgs[0], overrides=group[0], tags=tags[0])]
+            except DivergedError as e:
+                results = [e]
+        else:
+            results = run_stack(cfgs, overrides=group, tags=tags)
+        for overrides, name, result in zip(group, names, results):
+            key = self._key(overrides)
+            if isinstance(result, DivergedError):
+                self.made.append({"claim": claim, "overrides": overrides, "failed": "diverged"})
+                self._memo[key] = None
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            out = {**result.metrics, "run_id": result.run_id}
+            self.made.append({"claim": claim, "overrides": overrides, "reused": False, **out})
+            self._memo[key] = out
+            print(f"  {name}", file=sys.stderr)
 
     def trials(self, claim: str, base: list[str], points: Iterable[dict[str, Any]], seeds: Iterable[int],
                metric: str) -> list[tuple[dict[str, Any], float]]:
         """Each point at each seed, as the (params, objective) pairs verdicts judge; a failed run is left out."""
+        points, seeds = list(points), list(seeds)
+        runs = self.overrides_of(base, points, seeds)
+        self.run_all(claim, runs)
         out = []
-        for params in points:
-            for seed in seeds:
-                got = self.run(claim, [*base, *(f"{k}={v}" for k, v in params.items()), f"trainer.seed={seed}"])
-                if got is not None and math.isfinite(got.get(metric, math.nan)):
-                    out.append(({**params, SEED: seed}, got[metric]))
+        for (params, seed), overrides in zip(itertools.product(points, seeds), runs):
+            got = self._memo[self._key(overrides)]
+            if got is not None and math.isfinite(got.get(metric, math.nan)):
+                out.append(({**params, SEED: seed}, got[metric]))
         return out
+
+    @staticmethod
+    def overrides_of(base: list[str], points: list[dict[str, Any]], seeds: list[int]) -> list[list[str]]:
+        """The runs of each point at each seed (points outer, seeds inner), as overrides."""
+        return [[*base, *(f"{k}={v}" for k, v in params.items()), f"trainer.seed={seed}"]
+                for params, seed in itertools.product(points, seeds)]
 
 
 @dataclass
@@ -314,11 +362,15 @@ def study_trials(ctx: Context, key: str, study, space: dict[str, list], base: li
         if not want:
             break
         look += 1
+        add = []  # the value at its best setting (every setting, for a value with no finished trial)
         for param, value, setting in want.values():
-            for p in points:  # the value at its best setting (every setting, for a value with no finished trial)
+            for p in points:
                 if str(p[param]) == str(value) and all(str(p[k]) == str(x) for k, x in setting.items()):
                     have = {q[SEED] for q, _ in trials if all(str(q[k]) == str(x) for k, x in p.items())}
-                    trials += ctx.trials(key, base, [p], [s for s in seeds_at(look) if s not in have], study.metric)
+                    add.append((p, [s for s in seeds_at(look) if s not in have]))
+        ctx.run_all(key, [o for p, seeds in add for o in ctx.overrides_of(base, [p], seeds)])  # the look's stacks
+        for p, seeds in add:
+            trials += ctx.trials(key, base, [p], seeds, study.metric)
     return {"trials": trials, "rules": rules, "maximize": maximize, "space": space,
             "level": look_level(look, looks) if looks > 1 else LEVEL, "look": look, "looks": looks}
 

@@ -259,6 +259,12 @@ def test_the_quick_report_runs_on_tiny_data_and_reuses_its_runs(tiny):
     y_ranges = claims.quick_space(claims._study("y_range"), {})["model.y_range"]  # with any control's value
     runs = len(y_ranges) * 2 + 2 * 3 * 2 + 3  # y_range: each value at 2 seeds; adam, sgd: 3 lrs x 2; biases: 3
     assert all(not m.get("reused") for m in ctx.made) and len(ctx.made) == runs
+    # a claim's runs that differ only in seed, lr or y_range train as stacks, each still its own MLflow run
+    from mlflow import MlflowClient
+
+    client = MlflowClient(next(o for o in tiny if o.startswith("tracking.uri=")).partition("=")[2])
+    sizes = {m["claim"]: client.get_run(m["run_id"]).data.tags.get("stack.size") for m in ctx.made}
+    assert sizes["y_range"] == str(len(y_ranges) * 2) and sizes["adam_vs_sgd"] == "6", sizes
     again = claims.Context(quick=True, overrides=ctx.overrides)
     assert [j.verdict for _, j in reproduce.measure_all(again, keys)] == [j.verdict for _, j in rows]
     assert all(m.get("reused") for m in again.made) and len(again.made) == runs
