@@ -6,7 +6,8 @@ Looks. A grid study runs its grid at the file's seeds (look 1). Then, while the 
 undecided at the look's level and looks remain, `next_points` asks `verdict.more_seeds` which values need seeds,
 and adds each at its best setting at the next look's seeds (`Study.seeds_at`): the same new seeds for every value,
 so the pairs grow. The added points are kept in the Optuna study (`ADDED_ATTR`), so that a resumed sweep, or the
-driver of another machine sharing the study, runs the same ones.
+driver of another machine sharing the study, runs the same ones. Under `pruner: halving` (one look), the points
+added after each complete rung are the next rung's instead (`lesson5.sweep.halving.promote`).
 
 Every machine of a shared study runs this. The parent run's id is kept in the Optuna study (a user attribute),
 and is created under the study's lock, so machines that start together share one parent. The driver imports
@@ -126,14 +127,14 @@ class Sweep:
         stop = stop or Stop()  # not installed: signals keep Python's handling
         with stop.interruptible():
             study = specs.load(name, list(overrides))
-            if pruner is not None:
+            if pruner is not None:  # the file's own was checked by load
                 study.pruner = {"name": pruner}
+                specs.check_pruner(study, where=f"pruner={pruner} (the command line's, for {study.path})")
             if n_trials is not None:
                 study.n_trials = n_trials
                 if study.sampler == "grid" and study.n_trials > len(study.grid()):
                     raise ConfigError(f"n_trials={study.n_trials}: the grid of {study.path} has "
                                       f"{len(study.grid())} points")
-            specs.check_pruner(study)
             conf = validate(compose(study.base))
             uri = resolve_uri(conf.tracking.uri)
             if not conf.tracking.enabled or conf.tracking.mode.value == "offline":
@@ -222,7 +223,9 @@ class Sweep:
         from lesson5.sweep.worker import too_many_failures
 
         s = self.study
-        looks = f", up to {s.looks} looks (seeds added up to {s.max_seeds})" if s.looks > 1 else ""
+        looks = f", up to {s.looks} looks (seeds added up to {s.max_seeds})" if s.looks > 1 else \
+            f" at {s.budgets[0]} epochs, then halving's rungs at {', '.join(map(str, s.budgets[1:]))}" if s.budgets \
+            else ""
         print(f"study {self.study_name}: {s.n_trials} trials{looks}, {self.workers} worker(s) on "
               f"{socket.gethostname()}, storage {self.storage}; MLflow parent run {self.parent_run_id} in "
               f"{self.tracking_uri}\nwatch it live: {dashboard_command(self.storage)}", file=sys.stderr)
@@ -385,24 +388,34 @@ class Sweep:
                 and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials))
 
     def _next_look(self) -> bool:
-        """After a complete look of a grid study: add the next look's points, if its verdicts ask for any; True
-        when there are points to run. Under the study's lock, so that machines sharing it add them once."""
+        """After a complete look of a grid study (or rung, under halving): add the next look's points, if its
+        verdicts ask for any (the next rung's, if any); True when there are points to run. Under the study's lock,
+        so that machines sharing it add them once."""
+        from lesson5.sweep import halving
+        from lesson5.sweep import table as tables
         from lesson5.sweep.report import completed_trials
 
         s = self.study
-        if s.sampler != "grid" or s.looks == 1:
+        if s.sampler != "grid" or (s.looks == 1 and not s.budgets):
             return False
         with stores.lock(self.storage, self.study_name):
             added = self.opt.user_attrs.get(ADDED_ATTR, [])
             if len(added) > len(s.added):  # another machine added them while this one's workers finished
                 s.added = list(added)
                 return True
-            look = max(p["look"] for p in s.points())
-            new = next_points(s, completed_trials(self.opt), look)
+            if s.budgets:
+                table = tables.from_optuna(self.opt, s)
+                new = halving.promote(s, table)
+            else:
+                look = max(p["look"] for p in s.points())
+                new = next_points(s, completed_trials(self.opt), look)
             if not new:
                 return False
             s.added = [*s.added, *new]
             self.opt.set_user_attr(ADDED_ATTR, s.added)
+        if s.budgets:
+            self._say(f"study {self.study_name}: {halving.announce(s, new, table)}")
+            return True
         values = sorted({str(p[s.rule["param"]]) for p in new if s.rule.get("param") in p})
         self._say(f"study {self.study_name}: look {look + 1} of {s.looks}: {len(new)} more trials (seeds "
                   f"{sorted({p[SEED] for p in new})}" + (f"; {s.rule['param']} {', '.join(values)}" if values else "")

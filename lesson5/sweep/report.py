@@ -20,6 +20,7 @@ import optuna
 
 from lesson5.errors import ConfigError
 from lesson5.naming import plain_name
+from lesson5.sweep import halving
 from lesson5.sweep import table as tables
 from lesson5.sweep.spec import Study
 from lesson5.sweep.table import SEED, Table
@@ -55,10 +56,18 @@ def level(table: Table, study: Study) -> float:
     return look_level(min(table.last_look(), study.looks), study.looks)
 
 
+def full_budget(table: Table, study: Study) -> Table:
+    """The trials that judge the study and name its best: all of them, or under halving the final rung's."""
+    return table.at_rung(len(study.budgets) if study.budgets else None)
+
+
 def verdicts(table: Table, study: Study) -> dict[str, Verdict]:
     """The verdict on the claim ("rule") and on the control ("control"), each by its rule, at the last look's
-    level; a `best` rule counts every value of its parameter's space, finished or not."""
+    level; a `best` rule counts every value of its parameter's space, finished or not. Under halving, each is
+    judged on one rung's trials (`halving.judge_rule`: the final rung's, unless it names an eliminated value)."""
     maximize, at = study.direction == "maximize", level(table, study)
+    if study.budgets:
+        return {key: halving.judge_rule(study, table, rule, at) for key, rule in study.rules().items()}
     finals = table.finals()
     best = finals.get("best", {}).get("folds", {})
     out = {}
@@ -150,6 +159,15 @@ def method(study: Study, table: Table) -> list[str]:
                       "look k is judged at the level that O'Brien-Fleming-type alpha spending (Lan-DeMets) leaves it: "
                       f"{levels}; their alphas sum to 5%. This study's last look was look "
                       f"{min(table.last_look(), study.looks)}, and its verdicts are read at that look's level."]
+    if study.budgets:
+        lines += ["", f"Successive halving (`lesson5/sweep/halving.py`, eta {study.pruner['eta']}): every rung "
+                      f"trains complete one-cycle fits at its budget (epochs {', '.join(map(str, study.budgets))}); "
+                      f"after each rung the top 1/eta of the values of `{study.rule['param']}` (at least 2), ranked "
+                      "by their mean over the rung's seeds, run at the next budget. Verdicts read the final "
+                      "(full-budget) rung only, among the values that reached it; a claim naming a value eliminated "
+                      "earlier is judged at the rung that eliminated it, where it can be 'not reproduced' or "
+                      "'inconclusive', never 'reproduced'. The scores, best trials, importances and plots below are "
+                      "the final rung's."]
     return [*lines, ""]
 
 
@@ -193,6 +211,19 @@ def _looks(study: Study, table: Table) -> list[str]:
     return [*lines, ""]
 
 
+def _rungs(study: Study, table: Table) -> list[str]:
+    """Which trials each halving rung ran, at what budget, and the values it eliminated."""
+    param, gone = study.rule["param"], halving.eliminated(study, table)
+    lines = ["## Rungs", "", f"| rung | epochs | trials | complete | values of `{param}` | eliminated here |",
+             "|---:|---:|---:|---:|---|---|"]
+    for k in range(1, halving.last_rung(table) + 1):
+        rows = [r for r in table.trials() if r.rung == k]
+        values = [str(c) for c in _choices(study, param) if str(c) in {str(r.params.get(param)) for r in rows}]
+        lines.append(f"| {k} | {study.budgets[k - 1]} | {len(rows)} | {sum(r.state == 'COMPLETE' for r in rows)} | "
+                     f"{', '.join(values)} | {', '.join(gone.get(k, [])) or '-'} |")
+    return [*lines, ""]
+
+
 def _choices(study: Study, key: str) -> list:
     return next(p.choices or [] for p in study.space if p.key == key)
 
@@ -226,7 +257,8 @@ def build(table: Table, study: Study, name: Optional[str] = None) -> Report:
     name = name or study.name
     got = verdicts(table, study)
     verdict, control = got["rule"], got.get("control")
-    trials = table.completed()
+    full = full_budget(table, study)
+    trials = full.completed()
     count = state_counts(table.trials())
     epochs = sum(len(r.curve) for r in table.trials())
     seconds = sum(r.seconds for r in table.trials() if r.seconds == r.seconds)
@@ -243,8 +275,10 @@ def build(table: Table, study: Study, name: Optional[str] = None) -> Report:
                   (": the study could not show that its rule can fail here." if control.result == INCONCLUSIVE else
                    ": the control passed, so this study cannot tell its values apart and its verdict says little."))
                   + f" {control.summary}", ""]
+    pruner = study.pruner["name"] + (f" (eta {study.pruner['eta']}, min_epochs {study.pruner['min_epochs']})"
+                                     if study.budgets else "")
     lines += [f"Objective: {study.direction} `{study.metric}`. Sampler {study.sampler}, pruner "
-              f"{study.pruner['name']}, seeds {study.seeds}" + (f" (up to {study.max_seeds})" if study.looks > 1
+              f"{pruner}, seeds {study.seeds}" + (f" (up to {study.max_seeds})" if study.looks > 1
                                                                  else "")
               + f". Base overrides: `{' '.join(study.base) or '(none)'}`.",
               f"Trials: {count['COMPLETE']} complete, {count['PRUNED']} pruned, {count['FAIL']} failed; {epochs} "
@@ -259,12 +293,12 @@ def build(table: Table, study: Study, name: Optional[str] = None) -> Report:
         if control is not None and study.control["param"] != study.rule["param"]:
             lines += _scores(study, control, study.control["param"])
         if study.sampler == "grid":
-            lines += _looks(study, table)
+            lines += _rungs(study, table) if study.budgets else _looks(study, table)
     sign = -1 if study.direction == "maximize" else 1
-    best = sorted(table.trials("COMPLETE"), key=lambda r: (sign * r.value, r.number))[:5]
+    best = sorted(full.trials("COMPLETE"), key=lambda r: (sign * r.value, r.number))[:5]
     lines += ["## Best trials", "", f"| trial | {study.metric} | params |", "|---:|---:|---|"]
     lines += [f"| {r.number} | {r.value:.4f} | {', '.join(f'{k}={v}' for k, v in r.params.items())} |" for r in best]
-    imp = importances(table, study)
+    imp = importances(full, study)
     if imp:
         lines += ["", "## Parameter importances (PED-ANOVA)", "", "| param | importance |",
                   "|---|---:|"]
@@ -330,7 +364,7 @@ def for_parent(rep: Report, source: Union[Table, optuna.Study], table: Table, st
              **{f"report/{n}": png for n, png in views.items()}}
     count = state_counts(table.trials())
     metrics = {f"trials_{state.lower()}": n for state, n in count.items()}
-    done = table.trials("COMPLETE")
+    done = full_budget(table, study).trials("COMPLETE")
     if done:
         metrics[f"best_{study.metric}"] = (max if study.direction == "maximize" else min)(r.value for r in done)
     tags = {"verdict": rep.verdict.result, "verdict.summary": rep.verdict.summary}

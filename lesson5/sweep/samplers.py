@@ -1,8 +1,9 @@
 """Services: Optuna's samplers and pruners by the names a study file uses.
 
 A grid study enqueues its points itself (lesson5.sweep.worker), so every point runs once, however many workers
-claim at once, and a lost trial's point runs again; its sampler never picks a value. Pruners judge a trial by
-the objective it reports after each epoch.
+claim at once, and a lost trial's point runs again; its sampler never picks a value. Optuna's pruners judge a
+trial by the objective it reports after each epoch; `halving` prunes nothing inside a trial: its driver adds
+rungs of complete fits between them (lesson5.sweep.halving), so its trials get Optuna's NopPruner.
 """
 
 from __future__ import annotations

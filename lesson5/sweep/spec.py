@@ -17,7 +17,9 @@ A study is a YAML file anywhere (`lesson5-sweep path/to/study.yaml`), or the nam
                                                     # to the values still undecided (lesson5.sweep.verdict)
     objective: {metric: valid_rmse, direction: minimize}
     sampler: grid                                   # grid | tpe | random
-    pruner: none                                    # none | median | hyperband, or {name: median, ...}
+    pruner: none                                    # none | median | hyperband | halving, or {name: median, ...}:
+                                                    # halving, {name: halving, eta: 3, min_epochs: 1}, trains
+                                                    # complete one-cycle fits at growing epochs (lesson5.sweep.halving)
     n_trials: null                                  # grid: every point at every seed
     max_fail_rate: 0.5                              # the sweep stops when more trials than this fail
     stack: auto                                     # grid: trials trained as one fit (lesson5.stack): auto, or K
@@ -29,7 +31,8 @@ A study is a YAML file anywhere (`lesson5-sweep path/to/study.yaml`), or the nam
 Seeds until decided (grid studies). Look 1 runs the grid at `seeds`. Look k of `looks` has `seeds_at(k)`: the file's
 seeds, then the next whole numbers after the largest, evenly more per look up to `max_seeds` at the last look, so
 the looks sit at the planned information fractions k/looks that the alpha spending assumes. The driver adds the
-points a look asks for (`Study.added`, kept in the Optuna study so a resumed sweep has them).
+points a look asks for (`Study.added`, kept in the Optuna study so a resumed sweep has them), as it adds halving's
+rungs: a point is its parameters and seed, plus POINT_META (its look; under halving its rung and its epochs).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import yaml
 
 from lesson5.config import compose, validate
 from lesson5.errors import ConfigError, describe
+from lesson5.sweep import halving
 from lesson5.sweep.verdict import check_rule
 
 # sweeps/ at the top of the checkout, shipped inside the package as lesson5.sweeps (pyproject.toml's package-dir)
@@ -52,7 +56,8 @@ SWEEPS = Path(str(files("lesson5.sweeps")))
 SAMPLERS = ("grid", "tpe", "random")
 # The issue's budget: a claim is decided within 20 paired seeds, or reported inconclusive with the seeds it would take.
 MAX_SEEDS = 20
-PRUNERS = ("none", "median", "hyperband")
+PRUNERS = ("none", "median", "hyperband", "halving")
+POINT_META = ("look", "rung", halving.BUDGET)  # what a grid point carries besides its Optuna parameters
 
 
 @dataclass
@@ -94,6 +99,7 @@ class Study:
     looks: int = 1  # planned looks at the verdict
     added: list[dict[str, Any]] = field(default_factory=list)  # points later looks added, each with its "look"
     stack: Union[int, str] = "auto"  # trials a worker trains as one stack: a whole number, or auto (parse_stack)
+    budgets: list[int] = field(default_factory=list)  # pruner halving: each rung's trainer.epochs; [] otherwise
 
     def grid(self) -> list[dict[str, Any]]:
         """Every point of a grid study, each at each seed: the trials' parameters, in order."""
@@ -102,11 +108,13 @@ class Study:
                 for values in itertools.product(*(p.choices for p in self.space)) for seed in self.seeds]
 
     def points(self) -> list[dict[str, Any]]:
-        """A grid study's points to run, in order: look 1's (the grid, up to n_trials), then those later looks
-        added; each has its params and "look". [] for a sampler that picks its own points."""
+        """A grid study's points to run, in order: look 1's (the grid, up to n_trials), then those later looks (or
+        halving's rungs) added; each has its params, "look" and, under halving, its "rung" and epochs. [] for a
+        sampler that picks its own points."""
         if self.sampler != "grid":
             return []
-        return [{**p, "look": 1} for p in self.grid()[:self.n_trials]] + [dict(p) for p in self.added]
+        first = {"look": 1, **({"rung": 1, halving.BUDGET: self.budgets[0]} if self.budgets else {})}
+        return [{**p, **first} for p in self.grid()[:self.n_trials]] + [dict(p) for p in self.added]
 
     def total(self) -> int:
         """How many trials the study runs: n_trials, and for a grid study the points later looks added."""
@@ -197,8 +205,9 @@ def load(name_or_path: str, overrides: list[str] = ()) -> Study:
                   sampler=raw.get("sampler", "tpe"), pruner=pruner, max_fail_rate=float(raw.get("max_fail_rate", 0.5)),
                   final=list(raw["final"]["overrides"]) if raw.get("final") else None)
     study.stack = parse_stack(raw.get("stack", "auto"), f"{path}: stack")
-    _check(study, raw.get("n_trials"), list(overrides))
+    conf = _check(study, raw.get("n_trials"), list(overrides))
     _check_looks(study, raw.get("max_seeds", len(study.seeds)), raw.get("looks", 1))
+    check_pruner(study, conf.trainer.epochs)
     return study
 
 
@@ -241,10 +250,17 @@ def _check_looks(study: Study, max_seeds: Any, looks: Any) -> None:
     study.max_seeds, study.looks = max_seeds, looks
 
 
-def check_pruner(study: Study) -> None:
-    """Refuse a pruner name Optuna's pruners do not include."""
+def check_pruner(study: Study, epochs: Optional[int] = None, where: Optional[str] = None) -> None:
+    """Refuse a pruner name that is not one of PRUNERS, and a halving that cannot run (lesson5.sweep.halving.check:
+    `epochs`, the full recipe's, composed from the base when not given); set the study's rung budgets."""
     if study.pruner.get("name") not in PRUNERS:
-        raise ConfigError(f"{study.path}: pruner: {study.pruner.get('name')!r} is not one of {', '.join(PRUNERS)}")
+        raise ConfigError(f"{where or f'{study.path}: pruner'}: {study.pruner.get('name')!r} is not one of "
+                          f"{', '.join(PRUNERS)}")
+    study.budgets = []
+    if study.pruner["name"] == "halving":
+        if epochs is None:
+            epochs = validate(compose(study.base)).trainer.epochs
+        study.budgets = halving.check(study, epochs, where)
 
 
 def _blame(study: Study, overrides: list[str], extra: list[str], error: Exception, what: str) -> ConfigError:
@@ -264,16 +280,15 @@ def _blame(study: Study, overrides: list[str], extra: list[str], error: Exceptio
     return ConfigError(f"{study.path}: {what}: {message}")
 
 
-def _check(study: Study, n_trials: Optional[int], overrides: list[str] = ()) -> None:
+def _check(study: Study, n_trials: Optional[int], overrides: list[str] = ()):
     """Everything about the study that can be wrong, before a trial runs: choices, the rule, and one trial's
     config (so an unknown key, a bad value or an objective its model does not log is caught here). A config
-    that only the command line's `overrides` break is blamed on them, not on the file."""
+    that only the command line's `overrides` break is blamed on them, not on the file. Returns that config."""
     from lesson5 import models  # here, not at the top: it imports torch, which the sweep driver never needs
 
     path = study.path
     if study.sampler not in SAMPLERS:
         raise ConfigError(f"{path}: sampler: {study.sampler!r} is not one of {SAMPLERS}")
-    check_pruner(study)
     if study.direction not in ("minimize", "maximize"):
         raise ConfigError(f"{path}: objective.direction: {study.direction!r} is not minimize or maximize")
     if not study.seeds or len(study.seeds) != len(set(study.seeds)):
@@ -323,3 +338,4 @@ def _check(study: Study, n_trials: Optional[int], overrides: list[str] = ()) -> 
             except Exception as e:  # noqa: BLE001 - ConfigError or Hydra's composition errors
                 raise _blame(study, overrides, [*first, *study.final, *study.control["overrides"]], e,
                              "control.overrides do not compose with the base") from None
+    return conf

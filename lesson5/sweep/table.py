@@ -4,8 +4,10 @@ can recompute its report, with neither the Optuna storage nor MLflow.
 One row per finished trial (role `trial`): its look, its state, its parameters (the study file's space and
 `trainer.seed`), the objective, the objective after each epoch (`curve`, `;`-separated) and its training seconds.
 A study with `final` scoring adds one row per fold and recipe (role `final best`, `final base`, `final control`)
-with the recipe's overrides. Numbers are written as Python's repr, which reads back to the same float, so a
-report rebuilt from the table is the report the sweep wrote.
+with the recipe's overrides. A study under `pruner: halving` has two more columns after `look`: each trial's `rung`
+and its `budget` (the trainer.epochs its whole schedule was built for; lesson5.sweep.halving). Numbers are written
+as Python's repr, which reads back to the same float, so a report rebuilt from the table is the report the sweep
+wrote.
 
 A table is read against its study file: other columns, or a value outside the file's space or seeds, is refused
 naming both files (the table belongs to another study, or to an earlier version of this one).
@@ -44,6 +46,8 @@ class Row:
     overrides: list[str] = field(default_factory=list)  # finals: the recipe's overrides over the base
     curve: list[float] = field(default_factory=list)  # the objective after each epoch
     seconds: float = math.nan  # training seconds
+    rung: Optional[int] = None  # pruner halving: the trial's rung (1: the grid at the smallest budget)
+    budget: Optional[int] = None  # pruner halving: its rung's epochs
 
 
 @dataclass
@@ -67,6 +71,10 @@ class Table:
                 got["folds"][r.fold] = r.value
         return out
 
+    def at_rung(self, rung: Optional[int]) -> Table:
+        """This table with only one rung's trials (and the finals); itself for None (a study without rungs)."""
+        return self if rung is None else Table([r for r in self.rows if r.role != TRIAL or r.rung == rung])
+
     def last_look(self) -> int:
         """The last look that ran trials (1 for a study without looks)."""
         return max((r.look or 1 for r in self.trials()), default=1)
@@ -74,8 +82,8 @@ class Table:
 
 def columns(study: Study) -> list[str]:
     """The table's header for this study file."""
-    return ["role", "number", "look", "state", *(p.key for p in study.space), SEED, "fold", "overrides",
-            study.metric, "curve", "seconds"]
+    return ["role", "number", "look", *(["rung", "budget"] if study.budgets else []), "state",
+            *(p.key for p in study.space), SEED, "fold", "overrides", study.metric, "curve", "seconds"]
 
 
 def _seconds(t: optuna.trial.FrozenTrial) -> float:
@@ -92,7 +100,8 @@ def from_optuna(opt: optuna.Study, study: Study) -> Table:
     for t in opt.get_trials(deepcopy=False, states=tuple(TrialState[s] for s in STATES)):
         rows.append(Row(TRIAL, t.state.name, dict(t.params), t.value if t.value is not None else math.nan,
                         t.number, int(t.user_attrs.get("look", 1)),
-                        curve=[t.intermediate_values[k] for k in sorted(t.intermediate_values)], seconds=_seconds(t)))
+                        curve=[t.intermediate_values[k] for k in sorted(t.intermediate_values)], seconds=_seconds(t),
+                        rung=t.user_attrs.get("rung"), budget=t.user_attrs.get("budget")))
     for label in FINALS:
         final = opt.user_attrs.get(f"final.{label}")
         if final:
@@ -106,13 +115,18 @@ def _num(x: Optional[float]) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(x)
 
 
+def _int(x: Optional[int]) -> str:
+    return "" if x is None else str(x)
+
+
 def dumps(table: Table, study: Study) -> str:
     """The table as CSV text, for this study file's columns."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns(study))
     for r in table.rows:
-        w.writerow([r.role, "" if r.number is None else r.number, "" if r.look is None else r.look, r.state,
+        w.writerow([r.role, "" if r.number is None else r.number, "" if r.look is None else r.look,
+                    *([_int(r.rung), _int(r.budget)] if study.budgets else []), r.state,
                     *(_num(r.params[p.key]) if isinstance(r.params.get(p.key), float) else r.params.get(p.key, "")
                       for p in study.space),
                     r.params.get(SEED, ""), r.fold, " ".join(r.overrides), _num(r.value),
@@ -141,6 +155,19 @@ def _value(p: Param, text: str, where: str) -> Any:
     if not p.low <= x <= p.high:
         raise ConfigError(f"{where}: {p.key}={text} is outside the range [{p.low:g}, {p.high:g}]")
     return x
+
+
+def _rung(cell: dict[str, str], study: Study, where: str) -> tuple[int, int]:
+    """A halving trial's rung and budget, checked against the study's budgets."""
+    try:
+        rung, budget = int(cell["rung"]), int(cell["budget"])
+    except ValueError:
+        raise ConfigError(f"{where}: rung {cell['rung']!r} and budget {cell['budget']!r} are not whole numbers") \
+            from None
+    if not 1 <= rung <= len(study.budgets) or study.budgets[rung - 1] != budget:
+        raise ConfigError(f"{where}: rung {rung} at {budget} epochs is not one of the study's rungs (epochs "
+                          f"{study.budgets})")
+    return rung, budget
 
 
 def _float(text: str, where: str) -> float:
@@ -179,6 +206,8 @@ def read(path: Path, study: Study) -> Table:
             row.number, row.look = int(cell["number"]), int(cell["look"] or 1)
             if not 1 <= row.look <= study.looks:
                 raise ConfigError(f"{where}: look {row.look} is not one of the study's {study.looks} look(s)")
+            if study.budgets:
+                row.rung, row.budget = _rung(cell, study, where)
             row.params = {p.key: _value(p, cell[p.key], where) for p in study.space if cell[p.key] != ""}
             if cell[SEED] != "":
                 row.params[SEED] = int(cell[SEED])

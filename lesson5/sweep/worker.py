@@ -34,7 +34,8 @@ from lesson5.errors import ConfigError  # noqa: E402
 from lesson5.outcome import outcome  # noqa: E402
 from lesson5.process import Stop  # noqa: E402
 from lesson5.sweep import storage as stores  # noqa: E402
-from lesson5.sweep.spec import Param, Study  # noqa: E402
+from lesson5.sweep.halving import BUDGET  # noqa: E402
+from lesson5.sweep.spec import POINT_META, Param, Study  # noqa: E402
 from lesson5.tracking import Tracker  # noqa: E402
 
 # Optuna's state for each way a trial's run can end (lesson5.outcome): the run's tag `optuna.state`.
@@ -71,11 +72,14 @@ def suggest(trial: optuna.Trial, p: Param):
 
 
 def trial_overrides(study: Study, trial: optuna.Trial) -> list[str]:
-    """The trial's swept overrides (its parameters and seed), as Optuna records them."""
+    """The trial's swept overrides (its parameters and seed, as Optuna records them; under halving, its rung's
+    epochs, a user attribute: the budget is not a parameter of the space)."""
     params = {p.key: suggest(trial, p) for p in study.space}
     # every seed the study's looks may add, so that a later look's points fit the same distribution
     seed = trial.suggest_categorical("trainer.seed", study.seeds_at(study.looks))
-    return [p.override(params[p.key]) for p in study.space] + [f"trainer.seed={seed}"]
+    budget = trial.user_attrs.get("budget")
+    return [p.override(params[p.key]) for p in study.space] + [f"trainer.seed={seed}"] + \
+        ([f"{BUDGET}={budget}"] if budget is not None else [])
 
 
 def run_trials(study: Study, tracker: Tracker, parent_run_id: str, trials: list[optuna.Trial],
@@ -154,13 +158,17 @@ def _claim(study: Study, opt: optuna.Study, size: int) -> list[dict]:
         return []
     key = stack_key(point_overrides(study, free[0][1]))
     together = [(i, point) for i, point in free if stack_key(point_overrides(study, point)) == key][:size]
-    return [{"params": {k: v for k, v in point.items() if k != "look"},
-             "user_attrs": {"grid_point": i, "look": point["look"]}} for i, point in together]
+    return [{"params": {k: v for k, v in point.items() if k not in POINT_META},
+             "user_attrs": {"grid_point": i, "look": point["look"],
+                            **({"rung": point["rung"], "budget": point[BUDGET]} if BUDGET in point else {})}}
+            for i, point in together]
 
 
 def point_overrides(study: Study, point: dict) -> list[str]:
-    """A grid point's overrides: the study's base, its parameters and its seed."""
-    return [*study.base, *(p.override(point[p.key]) for p in study.space), f"trainer.seed={point['trainer.seed']}"]
+    """A grid point's overrides: the study's base, its parameters and its seed, and a halving rung's epochs (after
+    the base, which they replace; so points of two budgets never share a stack_key)."""
+    return [*study.base, *(p.override(point[p.key]) for p in study.space), f"trainer.seed={point['trainer.seed']}",
+            *([f"{BUDGET}={point[BUDGET]}"] if BUDGET in point else [])]
 
 
 # Trials a stack holds under stack=auto on each device, where the model stacks: measured per model by
@@ -174,7 +182,7 @@ def stack_size(study: Study) -> int:
     model and device, never more than memory holds. A study whose trials cannot stack gets 1, and a line why."""
     if study.stack == 1 or study.sampler != "grid":
         return 1
-    if study.pruner["name"] != "none" and study.stack == "auto":
+    if study.pruner["name"] not in ("none", "halving") and study.stack == "auto":
         # a stack's members move in step, and a pruned member's share of the fit is spent anyway: pruning saves
         # time only between trials that run one after another
         print(f"study {study.name}: each trial alone (stack=1): pruner {study.pruner['name']}", file=sys.stderr)

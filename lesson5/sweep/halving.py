@@ -1,0 +1,169 @@
+"""Services (the sweep engine): schedule-aware successive halving, a grid study's `pruner: {name: halving, eta: 3,
+min_epochs: 1}`.
+
+Why not Optuna's pruners. They compare trials' objectives at equal steps, which assumes curves keep their order.
+A one-cycle fit breaks that: stronger weight decay looks worse early and ends better, so the median pruner stopped
+every wd >= 0.1 trial of the `wd` study after 2 of 5 epochs. Here no truncated schedule is ever compared: every rung
+trains COMPLETE fits at a smaller budget (`trainer.epochs` = the rung's budget, from which the one-cycle is built),
+and a rung's fits are only compared with each other.
+
+Rungs. The budgets are min_epochs, min_epochs * eta, ... while below the study's epochs E (its base's
+trainer.epochs), then E: the last rung is always the full recipe. Rung 1 runs the grid at the file's seeds. Once a
+rung is complete, the values of the claim's parameter are ranked by their mean objective over the rung's seeds,
+each at its best setting of the other swept parameters (`verdict.scores`, as the verdicts score them), and the top
+floor(n / eta), never fewer than 2 (a `best` rule keeps a competitor), run at the next budget at that setting and
+the same seeds. A rung is a set of points added as a look's are (the driver's ADDED_ATTR, so resumed sweeps and
+other machines run the same ones), each carrying its `trainer.epochs` and its rung; points of two budgets differ in
+trainer.epochs, so they never share a stack (lesson5.stack.stack_key).
+
+Verdicts. A claim is judged by its study's rule on the trials of ONE rung, never on two budgets together:
+- the final (full-budget) rung, among the values that reached it, when every value the claim names reached it. The
+  eliminated values are not competitors there: halving's premise is that a complete schedule at a smaller budget
+  ranks them as the full one would, and they ranked below the values promoted past them;
+- otherwise the highest rung that holds every value the claim names (where its value was eliminated), among that
+  rung's values, and its summary says so. There "reproduced" becomes "inconclusive" (a smaller budget's evidence
+  never reproduces a claim about the full recipe), while "not reproduced" stands: the value was beaten by more than
+  the tolerance by a complete fit at that budget, then dropped.
+The report lists every rung's budget, values and the values it eliminated.
+
+Limits, refused before any trial: halving needs a grid study with one look (`looks: 1`: seeds added between looks
+and rungs added between rungs would compete for the same points), a `best` or `better` rule (it ranks the values
+of the rule's parameter), no `final` scoring (it would score Optuna's best trial, of any budget), and no
+trainer.epochs in the space (the epochs are the budget).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+from lesson5.errors import ConfigError
+from lesson5.sweep.verdict import INCONCLUSIVE, REPRODUCED, SEED, Verdict, judge, scores
+
+if TYPE_CHECKING:
+    from lesson5.sweep.spec import Study
+    from lesson5.sweep.table import Table
+
+BUDGET = "trainer.epochs"  # the override a rung's points carry
+DEFAULTS = {"eta": 3, "min_epochs": 1}
+
+
+def _whole(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def budgets(eta: int, min_epochs: int, epochs: int) -> list[int]:
+    """The rungs' epochs: min_epochs, times eta at each rung while below `epochs`, then `epochs`."""
+    out, b = [], min_epochs
+    while b < epochs:
+        out.append(b)
+        b *= eta
+    return [*out, epochs]
+
+
+def keep(n: int, eta: int) -> int:
+    """How many of a rung's n values the next rung runs: the top 1/eta, at least 2 (and at most n)."""
+    return min(n, max(2, n // eta))
+
+
+def check(study: Study, epochs: int, where: Optional[str] = None) -> list[int]:
+    """The rungs' budgets of a study whose pruner is halving and whose full recipe trains `epochs`; ConfigError
+    naming the file (or `where`, such as the command line) and the key when it cannot run. Fills in the defaults."""
+    where = where or f"{study.path}: pruner"
+    p = study.pruner
+    unknown = set(p) - {"name", *DEFAULTS}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)} for halving; it takes eta, min_epochs")
+    why = ("a grid study" if study.sampler != "grid" else
+           f"looks: 1 (this study has looks: {study.looks}: give looks: 1 and max_seeds: {len(study.seeds)}; "
+           f"halving runs every rung at the file's seeds)" if study.looks > 1 else
+           "a best or better rule (it ranks the values of the rule's parameter)" if study.rule["kind"] == "final"
+           else "a study without `final` scoring" if study.final is not None else
+           f"{BUDGET} out of the space (the epochs are its budget)" if any(q.key == BUDGET for q in study.space)
+           else None)
+    if why:
+        raise ConfigError(f"{where}: halving needs {why}")
+    p.update({k: p.get(k, v) for k, v in DEFAULTS.items()})
+    if not _whole(p["eta"]) or p["eta"] < 2:
+        raise ConfigError(f"{where}.eta: {p['eta']!r} is not a whole number >= 2 (each rung keeps the top 1/eta of "
+                          f"the values, at eta times the epochs)")
+    if not _whole(p["min_epochs"]) or not 1 <= p["min_epochs"] < epochs:
+        raise ConfigError(f"{where}.min_epochs: {p['min_epochs']!r} is not a whole number from 1 to {epochs - 1} "
+                          f"(the first rung's epochs, below the study's trainer.epochs={epochs})")
+    return budgets(p["eta"], p["min_epochs"], epochs)
+
+
+def at_rung(table: Table, rung: int) -> list[tuple[dict[str, Any], float]]:
+    """(params, objective) of the complete trials of one rung: what a rung's ranking or verdict reads."""
+    return [(r.params, r.value) for r in table.trials("COMPLETE") if r.rung == rung]
+
+
+def _values(study: Study, table: Table, rung: int, key: str) -> list[str]:
+    """The values of `key` a rung ran (finished or not), as strings in the space's order."""
+    ran = {str(r.params[key]) for r in table.trials() if r.rung == rung and key in r.params}
+    return [str(c) for c in next(p.choices for p in study.space if p.key == key) if str(c) in ran]
+
+
+def last_rung(table: Table) -> int:
+    """The highest rung that ran trials (1 before any)."""
+    return max((r.rung or 1 for r in table.trials()), default=1)
+
+
+def promote(study: Study, table: Table) -> list[dict[str, Any]]:
+    """After a complete rung: the next rung's points (the top values at their best setting, at the rung's seeds,
+    at the next budget), [] after the final rung."""
+    rung = last_rung(table)
+    if rung >= len(study.budgets):
+        return []
+    param = next(p for p in study.space if p.key == study.rule["param"])
+    ran = _values(study, table, rung, param.key)
+    sc = scores(at_rung(table, rung), param.key, study.direction == "maximize")
+    sign = -1.0 if study.direction == "maximize" else 1.0
+    # unfinished values last; ties by the space's order, so every machine promotes the same values
+    order = sorted(ran, key=lambda v: (v not in sc, sign * sc[v].mean if v in sc else 0.0, ran.index(v)))
+    seeds = sorted({r.params[SEED] for r in table.trials() if r.rung == rung and SEED in r.params})
+    out = []
+    for value in order[:keep(len(ran), study.pruner["eta"])]:
+        setting = sc[value].setting if value in sc else {}
+        fixed = {param.key: next(c for c in param.choices if str(c) == value), **setting}
+        for seed in seeds:
+            out.append({**{p.key: fixed[p.key] for p in study.space}, SEED: seed, "look": 1, "rung": rung + 1,
+                        BUDGET: study.budgets[rung]})
+    return out
+
+
+def eliminated(study: Study, table: Table) -> dict[int, list[str]]:
+    """Each rung's values (of the claim's parameter) that the next rung did not run; the last rung's: none."""
+    key = study.rule["param"]
+    return {k: [v for v in _values(study, table, k, key) if v not in _values(study, table, k + 1, key)]
+            for k in range(1, last_rung(table))}
+
+
+def _named(rule: dict) -> list[str]:
+    return [str(rule[f]) for f in ("value", "than") if f in rule]
+
+
+def judge_rule(study: Study, table: Table, rule: dict, level: float) -> Verdict:
+    """The verdict on `rule` (the claim or the control): at the final rung among its values, or, when a value the
+    rule names was eliminated, at the highest rung holding it, where it is never better than inconclusive."""
+    key, top, final = rule["param"], last_rung(table), len(study.budgets)
+    named = set(_named(rule))
+    rung = next((k for k in range(top, 0, -1) if named <= set(_values(study, table, k, key))), top)
+    v = judge(rule, at_rung(table, rung), study.direction == "maximize", level,
+              values=_values(study, table, rung, key))
+    if rung == final:
+        return v
+    gone = [x for x in _named(rule) if rung < top and x not in _values(study, table, rung + 1, key)]
+    why = f"{key} {', '.join(gone)} eliminated" if gone else "the study has not reached its full budget"
+    head = (f"{why} at rung {rung} of {final} ({study.budgets[rung - 1]} of {study.budgets[-1]} epochs), so judged "
+            f"there, where a claim is never reproduced")
+    result = INCONCLUSIVE if v.result == REPRODUCED else v.result
+    return Verdict(result, f"{head}: {v.summary}", v.scores, v.rows, v.level)
+
+
+def announce(study: Study, new: list[dict[str, Any]], table: Table) -> str:
+    """The driver's line for a rung it adds: its budget, the values it runs and those it drops."""
+    key, rung = study.rule["param"], new[0]["rung"]
+    kept = {str(p[key]) for p in new}
+    ran = _values(study, table, rung - 1, key)
+    return (f"rung {rung} of {len(study.budgets)}: {len(new)} trials at {new[0][BUDGET]} epochs ({key} "
+            f"{', '.join(v for v in ran if v in kept)}; eliminated {', '.join(v for v in ran if v not in kept)})")
