@@ -100,6 +100,29 @@ def test_a_points_epochs_reach_the_trained_config_and_its_own_stacks(tmp_path):
     assert cfg.trainer.epochs == 1 and cfg.model.n_factors == 2
 
 
+def test_a_resumed_study_runs_the_rung_it_had_added_at_its_budget(tmp_path):
+    """The driver keeps a rung's points in the Optuna study (ADDED_ATTR) and a resumed sweep reads them back into
+    Study.added: once the earlier rung's trials count, the worker claims the added rung's points, with their
+    epochs, as a stack of their own."""
+    from lesson5.sweep.worker import _claim
+
+    study = spec.load(str(write_study(tmp_path)))
+    opt = optuna.create_study()
+    for _ in range(3):  # rung 1, the grid at 1 epoch: a stack per value (they differ only in seed)
+        claims = _claim(study, opt, 8)
+        assert [c["user_attrs"]["budget"] for c in claims] == [1, 1]
+        for claim in claims:
+            opt.enqueue_trial(claim["params"], user_attrs=claim["user_attrs"])
+        for _ in claims:
+            opt.tell(opt.ask(), 0.9)
+    assert _claim(study, opt, 8) == []  # rung 1 is done and nothing was added yet
+    study.added = [{"model.n_factors": 4, "trainer.seed": s, "look": 1, "rung": 2, halving.BUDGET: 2}
+                   for s in (0, 1)]  # as Sweep.prepare reads them back from ADDED_ATTR
+    claims = _claim(study, opt, 8)
+    assert [c["user_attrs"] for c in claims] == [{"grid_point": 6 + i, "look": 1, "rung": 2, "budget": 2}
+                                                 for i in range(2)]
+
+
 def rows(rung: int, budget: int, values: dict, start: int = 0) -> list[Row]:
     """Trial rows of one rung: values {n_factors: [objective at seed 0, seed 1, ...]}."""
     out = []
