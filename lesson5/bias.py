@@ -12,8 +12,25 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lesson5.models.ensemble import Ensemble
+
 MIN_RATINGS = 50  # a count threshold: 605 of MovieLens-100k's movies have 50 or more ratings
 LESSON_TOP = 1000  # the lesson's protocol: fastai's course-v3 notebook ranks the 1,000 most-rated movies
+
+
+def learned(model, table: str) -> torch.Tensor:
+    """A collab model's learned table (`user_bias`, `item_bias`, `item_factors`), [rows, dim], detached on the CPU.
+
+    Of an ensemble (lesson5.models.ensemble), the members' biases are averaged: each is the same quantity on the
+    same scale (an offset inside the same sigmoid), so their mean is the ensemble's. Their factors are concatenated,
+    [rows, K * n_factors], not averaged: independently seeded members learn their factors in arbitrary rotations of
+    each other, so a mean of them blurs them, while the principal components of the concatenation are those of the
+    sum of the members' item-by-item dot products (the Gram matrix), whatever each member's rotation.
+    """
+    if not isinstance(model, Ensemble):
+        return getattr(model, table).weight.detach().cpu()
+    weights = [learned(m, table) for m in model.members]
+    return torch.cat(weights, 1) if table.endswith("factors") else torch.stack(weights).mean(0)
 
 
 def ratings(data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,10 +70,10 @@ def bias_tables(model, data, min_ratings: int = MIN_RATINGS,
     with `top`, every item but the `top` most-rated (the lesson's protocol: top=1000); users by min_ratings."""
     x, y = ratings(data)
     out = []
-    for col, name, vocab, bias, n in ((1, "title", data.vocab["items"], model.item_bias.weight, top),
-                                      (0, "user", data.vocab["users"], model.user_bias.weight, None)):
+    for col, name, vocab, bias, n in ((1, "title", data.vocab["items"], learned(model, "item_bias"), top),
+                                      (0, "user", data.vocab["users"], learned(model, "user_bias"), None)):
         mean, count = _stats(x[:, col], y, len(vocab))
-        table = pd.DataFrame({name: vocab, "bias": bias.detach().cpu().squeeze(1).numpy(), "mean_rating": mean,
+        table = pd.DataFrame({name: vocab, "bias": bias.squeeze(1).numpy(), "mean_rating": mean,
                               "n_ratings": count})
         out.append(table.iloc[keep(count, vocab, min_ratings, n)].sort_values("bias")
                    .reset_index(drop=True))
@@ -75,7 +92,7 @@ def pca(model, data, min_ratings: int = MIN_RATINGS, k: int = 3, ends: int = 10,
     x, y = ratings(data)
     _, count = _stats(x[:, 1], y, len(data.vocab["items"]))
     kept = keep(count, data.vocab["items"], min_ratings, top)
-    w = model.item_factors.weight.detach().cpu().double().numpy()[kept]
+    w = learned(model, "item_factors").double().numpy()[kept]
     if len(kept) < k + 1:
         return pd.DataFrame(columns=["title", "n_ratings", *[f"pc{i + 1}" for i in range(k)]]), [], pd.DataFrame()
     centred = w - w.mean(0)

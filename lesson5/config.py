@@ -117,6 +117,9 @@ MAX_BS = 2**20  # above every lesson data set (MovieLens-100k 100,000 ratings, M
 MAX_EPOCHS = 10_000
 FASTEST_EPOCH_S = 1.4  # an epoch of the lesson's collab recipe on a fast CPU core (BENCHMARKS.md), the cheapest
 MAX_IMAGE_SIZE = 2048  # pixels a side (the lesson's Pets run at 224)
+# Members of an ensemble (trainer.ensemble): each is a whole model trained in full, and the mean of a few seeds
+# takes most of what averaging gives (BENCHMARKS.md: 5 seeds of the lesson's recipe); memory bounds it further.
+MAX_ENSEMBLE = 64
 
 
 def _gb(n_bytes: float) -> str:
@@ -445,6 +448,9 @@ class TrainerConf:
     train_bn: bool = True  # BatchNorm layers of frozen groups keep training (fastai's default)
     amp: bool = False  # CUDA only: bfloat16 autocast
     channels_last: bool = False  # CUDA only: the channels-last memory format for conv nets
+    # K seeds of this recipe (trainer.seed, seed+1, ...) trained as one stack in one run, predicting their mean
+    # (lesson5.ensemble); 1: one model.
+    ensemble: int = rule(lambda v: 1 <= v <= MAX_ENSEMBLE, f"an integer in [1, {MAX_ENSEMBLE}]", 1)
 
 
 # MLflow's experiments table holds names of up to 256 characters (its API refuses over 500; a SQL store, over 256).
@@ -646,6 +652,26 @@ def _batchnorm_problems(obj: Config) -> list[str]:
             f"training'); use trainer.bs=2 or more{fix}"]
 
 
+def unstackable(obj: Config) -> Optional[str]:
+    """Why K models of `obj` cannot train as one stack (lesson5.stack: one fit, parameters without buffers), or
+    None when they can."""
+    if obj.model.name in MODELS and not MODELS[obj.model.name].stacks:
+        return f"model={obj.model.name} does not stack (stages, a pretrained body or batch norm)"
+    if obj.trainer.stages:
+        return "trainer.stages do not stack (a stack is one fit of trainer.epochs)"
+    if getattr(obj.model, "batchnorm", False):
+        return "model.batchnorm=true does not stack (BatchNorm's running statistics are buffers, not parameters)"
+    return None
+
+
+def _ensemble_problems(obj: Config) -> list[str]:
+    """An ensemble of a model whose members cannot train as one stack."""
+    k = _int(obj.trainer.ensemble)
+    why = unstackable(obj) if k is not None and k > 1 else None
+    return [f"trainer.ensemble={k} is not allowed: an ensemble's members train as one stack, and {why}; use "
+            f"trainer.ensemble=1"] if why else []
+
+
 def _mismatch(obj: Config) -> list[str]:
     """An optimizer, model or data set not declared, or a model given data it cannot read (collab needs ratings, the
     image models images): each model reads what its declared default data gives."""
@@ -710,7 +736,8 @@ def validate(cfg: DictConfig) -> Config:
         raise PLUGIN_ERROR
     unknown = _unknown(cfg)
     obj = OmegaConf.to_object(cfg)
-    problems = unknown + _problems(obj, "") + _mismatch(obj) + _stage_problems(obj) + _batchnorm_problems(obj)
+    problems = (unknown + _problems(obj, "") + _mismatch(obj) + _stage_problems(obj) + _batchnorm_problems(obj)
+                + _ensemble_problems(obj))
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems)
                           + "\nFix the key(s) on the command line or in conf/.")

@@ -31,6 +31,12 @@ from lesson5.recorder import Recorder
 CHECK_EVERY = 64  # steps between finiteness checks of the loss (each check syncs with the device)
 
 
+def progress_bars(conf: Config, data: Data, fold: Fold) -> list[Callback]:
+    """The progress bar of a fold's fit, with `trainer.progress` (labelled by the fold's name when there are
+    several)."""
+    return [ProgressBar(label=f"{fold.name} " if len(data.folds) > 1 else "")] if conf.trainer.progress else []
+
+
 class Learner:
     """Fits a model on one fold's batch sources with an optimizer; its state is public for callbacks.
 
@@ -81,7 +87,7 @@ class Learner:
         mom_key = optim.momentum_key(conf.optim)
         recorder = Recorder(mom_key)
         scheduler = ParamScheduler(conf.schedule, mom_key) if schedule else None
-        bar = [ProgressBar(label=f"{fold.name} " if len(data.folds) > 1 else "")] if conf.trainer.progress else []
+        bar = progress_bars(conf, data, fold)
         bs, workers = conf.trainer.bs, getattr(conf.data, "num_workers", 0)
         cuda = device.type == "cuda"
         drop_one = models.has_batchnorm(model)  # a last batch of one row, which BatchNorm cannot train on

@@ -18,6 +18,7 @@ from lesson5 import data as datasets
 from lesson5 import models
 from lesson5.config import from_saved, validate
 from lesson5.errors import ConfigError
+from lesson5.models.ensemble import Ensemble
 from lesson5.tracking import store
 
 
@@ -32,7 +33,7 @@ class Loaded:
     uri: str
     conf: Any  # lesson5.config.Config
     data: Any  # lesson5.data.Data
-    model: Any  # torch.nn.Module, in eval mode on the CPU
+    model: Any  # torch.nn.Module, in eval mode on the CPU (an Ensemble for a run of trainer.ensemble > 1)
 
     def log(self, files: dict[str, bytes], metrics: Optional[dict[str, float]] = None) -> None:
         """Add artifacts (by path in the run) and metrics to the run."""
@@ -64,5 +65,7 @@ def load_run(run_id: str, uri: Optional[str] = None, kind: Optional[str] = None)
     if conf.model.name in models.GROUPS_OF_BODIES:
         conf.model.weights = "none"  # the run's own weights follow
     model = models.build(conf.model, data)
+    if conf.trainer.ensemble > 1:  # K seeds' models, predicting their mean (lesson5.ensemble)
+        model = Ensemble([model, *(models.build(conf.model, data) for _ in range(conf.trainer.ensemble - 1))])
     model.load_state_dict(state)
     return Loaded(run_id, uri, conf, data, model.eval())

@@ -23,9 +23,9 @@ import torch
 from omegaconf import DictConfig
 
 from lesson5 import data as datasets
-from lesson5 import models, naming, stack
+from lesson5 import ensemble, models, naming, stack
 from lesson5.callback import Callback
-from lesson5.config import Config, flatten, ignored, validate
+from lesson5.config import Config, flatten, ignored, unstackable, validate
 from lesson5.errors import ConfigError
 from lesson5.learner import Learner
 from lesson5.lifecycle import TrackedRun, config_yaml, dataset_input, run_weights, standard_tags
@@ -129,6 +129,8 @@ def _run(cfg: DictConfig, conf: Config, device: torch.device, overrides: Sequenc
     _threads(conf)
     data = datasets.build(conf.data)
     model = build_model(conf, data, device)  # before the run exists: bad weights are refused here
+    if conf.trainer.ensemble > 1:  # too large a stack is refused before the run exists too
+        refuse_oversized("trainer.ensemble", conf.trainer.ensemble, model, data.folds[0], device)
     extra_tags = {**extra_tags, **batch_of_one(conf, data, model)}
     per_fold, learn = {}, None
     with _tracked(cfg, conf, data, device, overrides, tracker, parent_run_id, extra_tags, end_tags) as main:
@@ -138,8 +140,7 @@ def _run(cfg: DictConfig, conf: Config, device: torch.device, overrides: Sequenc
             fold_run = TrackedRun(tracker, experiment=naming.experiment_name(conf), name=fold.name,
                                   tags={"fold": fold.name}, parent=main.rid) if cv else nullcontext(main)
             with fold_run as tracked:
-                learn = Learner.from_config(conf, data, fold, model or build_model(conf, data, device), device,
-                                            callbacks)
+                learn = _learner(conf, data, fold, model, device, callbacks)
                 model = None
                 for cb in tracked.callback(conf, learn.recorder):  # after the recorder it reads
                     learn.add(cb)
@@ -156,6 +157,17 @@ def _run(cfg: DictConfig, conf: Config, device: torch.device, overrides: Sequenc
         main.log_metrics([(k, v, step) for k, v in result.metrics.items() if k not in logged])
     _where(result, main)
     return result
+
+
+def _learner(conf: Config, data: datasets.Data, fold: datasets.Fold, model: Optional[torch.nn.Module],
+             device: torch.device, callbacks: Sequence[Callback]) -> Learner | ensemble.Ensembled:
+    """The fold's Learner: of `model` (or a fresh one), or with trainer.ensemble=K, of K seeds as one stack, `model`
+    the first (lesson5.ensemble)."""
+    if conf.trainer.ensemble == 1:
+        return Learner.from_config(conf, data, fold, model or build_model(conf, data, device), device, callbacks)
+    confs = ensemble.member_confs(conf)
+    members = [model if k == 0 and model is not None else build_model(c, data, device) for k, c in enumerate(confs)]
+    return ensemble.learner(confs, data, fold, members, device, callbacks)
 
 
 BATCH_OF_ONE_TAG = "batch_of_one_dropped"
@@ -208,12 +220,13 @@ def _where(result: RunResult, tracked: TrackedRun) -> None:
 
 
 def stackable(conf: Config) -> Optional[str]:
-    """Why trials of `conf` cannot train as a stack (lesson5.stack), or None when they can."""
-    if not models.MODELS[conf.model.name].stacks:
-        return f"model={conf.model.name} does not stack (stages, a pretrained body or batch norm)"
-    if conf.trainer.stages or getattr(conf.data, "split", None) == "cv" or getattr(conf.model, "batchnorm", False):
-        return "trainer.stages, data.split=cv and model.batchnorm do not stack"
-    return None
+    """Why trials of `conf` cannot train as a stack (lesson5.stack), or None when they can. (An ensemble's members
+    can with data.split=cv: they are one run, whose fold loop builds a stack per fold.)"""
+    if getattr(conf.data, "split", None) == "cv":
+        return "data.split=cv does not stack (a stack of trials trains one fold)"
+    if conf.trainer.ensemble > 1:
+        return f"trainer.ensemble={conf.trainer.ensemble} does not stack (each trial is a stack of its own)"
+    return unstackable(conf)
 
 
 def _apart(cfgs: Sequence[DictConfig]) -> Optional[str]:
@@ -249,6 +262,18 @@ def stack_capacity(cfg: DictConfig) -> int:
                                  sum(t.nbytes for t in part) if isinstance(part, tuple) else 0)
 
 
+def refuse_oversized(key: str, k: int, member: torch.nn.Module, fold: datasets.Fold, device: torch.device) -> None:
+    """A ConfigError naming `key` when a stack of k copies of `member` on `fold` needs more than half of the memory
+    free on `device` (lesson5.stack.memory_estimate), with the largest K that fits."""
+    rows = sum(t.nbytes for t in fold.train) if isinstance(fold.train, (tuple, list)) else 0
+    need, have = stack.memory_estimate(member, k, rows), available_memory(device)
+    if need > have / 2:
+        fits = stack.largest_fitting(member, have, rows)
+        raise ConfigError(f"{key}={k}: a stack of {k} needs about {need / 2**30:.1f} GiB, more than half of the "
+                          f"{have / 2**30:.1f} GiB free on {device}; the largest that fits is {fits}: use "
+                          f"{key}={fits} or less")
+
+
 def run_stack(cfgs: Sequence[DictConfig], *, overrides: Sequence[Sequence[str]],
               callbacks: Sequence[Sequence[Callback]] = (), tracker: Optional[Tracker] = None,
               parent_run_id: Optional[str] = None, tags: Sequence[dict[str, str]] = (),
@@ -272,13 +297,7 @@ def run_stack(cfgs: Sequence[DictConfig], *, overrides: Sequence[Sequence[str]],
         data = datasets.build(conf.data)
         members = [build_model(c, data, device) for c in confs]
         fold = data.folds[0]
-        rows = sum(t.nbytes for t in fold.train)
-        need = stack.memory_estimate(members[0], k, rows)
-        have = available_memory(device)
-        if need > have / 2:
-            raise ConfigError(f"sweep.stack={k}: a stack of {k} needs about {need / 2**30:.1f} GiB, more than half "
-                              f"of the {have / 2**30:.1f} GiB free on {device}; the largest that fits is "
-                              f"{stack.largest_fitting(members[0], have, rows)}")
+        refuse_oversized("sweep.stack", k, members[0], fold, device)
         return _run_stack(cfgs, confs, data, fold, members, device, overrides, callbacks, tracker or own,
                           parent_run_id, tags, end_tags)
     finally:
