@@ -19,11 +19,14 @@ trainer.epochs, so they never share a stack (lesson5.stack.stack_key).
 Verdicts. A claim is judged by its study's rule on the trials of ONE rung, never on two budgets together:
 - the final (full-budget) rung, among the values that reached it, when every value the claim names reached it. The
   eliminated values are not competitors there: halving's premise is that a complete schedule at a smaller budget
-  ranks them as the full one would, and they ranked below the values promoted past them;
-- otherwise the highest rung that holds every value the claim names (where its value was eliminated), among that
-  rung's values, and its summary says so. There "reproduced" becomes "inconclusive" (a smaller budget's evidence
-  never reproduces a claim about the full recipe), while "not reproduced" stands: the value was beaten by more than
-  the tolerance by a complete fit at that budget, then dropped.
+  ranks them as the full one would, and they ranked below the values promoted past them. A verdict here holds only
+  as far as that premise does: where a smaller budget reorders the values (weight decay, whose benefit comes from
+  the overfitting a 1-epoch fit never reaches), a claim on a survivor is judged against the wrong competitors;
+- otherwise (a value it names was eliminated) the claim is "inconclusive": there is no full-budget evidence on it.
+  Its summary gives the rule's reading at the highest rung that holds every value it names, among that rung's
+  values, as information only: a smaller budget's fit is another recipe. (A first version let a "not reproduced"
+  there stand; benchmarks/bench_pruners.py showed why not: a complete 1-epoch one-cycle ranks weight decay in
+  reverse, as no fit of one epoch overfits, and the `wd` claim, reproduced at 5 epochs, came out "not reproduced".)
 The report lists every rung's budget, values and the values it eliminated.
 
 Limits, refused before any trial: halving needs a grid study with one look (`looks: 1`: seeds added between looks
@@ -37,7 +40,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional
 
 from lesson5.errors import ConfigError
-from lesson5.sweep.verdict import INCONCLUSIVE, REPRODUCED, SEED, Verdict, judge, scores
+from lesson5.sweep.verdict import INCONCLUSIVE, SEED, Verdict, judge, scores
 
 if TYPE_CHECKING:
     from lesson5.sweep.spec import Study
@@ -144,7 +147,7 @@ def _named(rule: dict) -> list[str]:
 
 def judge_rule(study: Study, table: Table, rule: dict, level: float) -> Verdict:
     """The verdict on `rule` (the claim or the control): at the final rung among its values, or, when a value the
-    rule names was eliminated, at the highest rung holding it, where it is never better than inconclusive."""
+    rule names was eliminated, inconclusive, with the rule's reading at the highest rung holding its values."""
     key, top, final = rule["param"], last_rung(table), len(study.budgets)
     named = set(_named(rule))
     rung = next((k for k in range(top, 0, -1) if named <= set(_values(study, table, k, key))), top)
@@ -154,10 +157,9 @@ def judge_rule(study: Study, table: Table, rule: dict, level: float) -> Verdict:
         return v
     gone = [x for x in _named(rule) if rung < top and x not in _values(study, table, rung + 1, key)]
     why = f"{key} {', '.join(gone)} eliminated" if gone else "the study has not reached its full budget"
-    head = (f"{why} at rung {rung} of {final} ({study.budgets[rung - 1]} of {study.budgets[-1]} epochs), so judged "
-            f"there, where a claim is never reproduced")
-    result = INCONCLUSIVE if v.result == REPRODUCED else v.result
-    return Verdict(result, f"{head}: {v.summary}", v.scores, v.rows, v.level)
+    head = (f"{why} at rung {rung} of {final} ({study.budgets[rung - 1]} of {study.budgets[-1]} epochs): no "
+            f"full-budget evidence; at that budget, another recipe, it read {v.result}")
+    return Verdict(INCONCLUSIVE, f"{head}: {v.summary}", v.scores, v.rows, v.level)
 
 
 def announce(study: Study, new: list[dict[str, Any]], table: Table) -> str:

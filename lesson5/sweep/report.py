@@ -165,9 +165,9 @@ def method(study: Study, table: Table) -> list[str]:
                       f"after each rung the top 1/eta of the values of `{study.rule['param']}` (at least 2), ranked "
                       "by their mean over the rung's seeds, run at the next budget. Verdicts read the final "
                       "(full-budget) rung only, among the values that reached it; a claim naming a value eliminated "
-                      "earlier is judged at the rung that eliminated it, where it can be 'not reproduced' or "
-                      "'inconclusive', never 'reproduced'. The scores, best trials, importances and plots below are "
-                      "the final rung's."]
+                      "earlier is inconclusive (its summary gives its reading at the rung that eliminated it, a "
+                      "smaller budget's recipe). The scores, best trials, importances and plots below are the final "
+                      "rung's."]
     return [*lines, ""]
 
 
