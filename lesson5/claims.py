@@ -80,6 +80,14 @@ THRESHOLDS = {
         "a frozen body skips its weight gradients, which for resnet34 is about a third of a training step's work "
         "(fastai's Pets run: 1.24x); a ratio under 1.05 is a speed-up no user would notice, and within the "
         "epoch-to-epoch timing noise of a shared machine"),
+    "ensemble": Threshold(
+        0.001, "test RMSE (the better rule's tolerance, paired by fold)",
+        "the collab studies' tolerance (sweeps/y_range.yaml, schedule.yaml): a difference under 0.001 RMSE does not "
+        "matter for this model"),
+    "ensemble.goal": Threshold(
+        0.900, "5-fold mean test RMSE (u1..u5), reported beside the verdict",
+        "the quality goal of the stacked-trials work: one seed of the lesson's recipe scores about 0.905, and the "
+        "tuned recipes of collab_best and collab_wide did not reach 0.900"),
     "bias_ranks": Threshold(
         0.8, "Spearman's rho between movie bias and mean rating (the lesson's 1000 most-rated movies)",
         "'ranks movies as their mean ratings do': rho 0.8 means about 4 in 5 pairs of movies ordered alike (Kendall's "
@@ -612,6 +620,44 @@ CHECKS = [
           "(lesson5.checks)", measure_decay, judge_decay, check=True),
 ]
 
+# ---- beyond the lesson: an ensemble of seeds ---------------------------------------------------------------------
+
+ENSEMBLE_FOLDS = ("u1", "u2", "u3", "u4", "u5")
+ENSEMBLE_K = 5
+
+
+def measure_ensemble(ctx: Context) -> dict[int, dict[str, float]]:
+    """Test RMSE of the lesson's recipe on each GroupLens fold, one seed against ENSEMBLE_K seeds averaged
+    (trainer.ensemble; quick or not, the recipe is the lesson's and the folds its five)."""
+    def overrides(k: int, fold: str) -> list[str]:
+        return [f"data.split={fold}", "data.valid_from_train=false", f"trainer.ensemble={k}"]
+
+    out = {}
+    for k in (1, ENSEMBLE_K):
+        ctx.run_all("ensemble", [overrides(k, f) for f in ENSEMBLE_FOLDS])
+        got = {f: ctx.run("ensemble", overrides(k, f)) for f in ENSEMBLE_FOLDS}
+        out[k] = {f: r["valid_rmse"] for f, r in got.items() if r is not None}
+    return out
+
+
+def judge_ensemble(m: dict[int, dict[str, float]]) -> Judged:
+    """ENSEMBLE_K seeds beat one, paired by fold (the `better` rule at the registry's tolerance); the 5-fold means
+    beside the goal."""
+    t, goal = THRESHOLDS["ensemble"], THRESHOLDS["ensemble.goal"].value
+    names = {ENSEMBLE_K: f"{ENSEMBLE_K} seeds", 1: "1 seed"}
+    rule = {"kind": "better", "param": "recipe", "value": names[ENSEMBLE_K], "than": names[1], "tolerance": t.value}
+    folds = {f: i for i, f in enumerate(ENSEMBLE_FOLDS)}
+    trials = [({"recipe": names[k], SEED: folds[f]}, x) for k, xs in m.items() for f, x in xs.items()]
+    v = judge(rule, trials, maximize=False, level=LEVEL)
+    means = {k: sum(xs.values()) / len(xs) for k, xs in m.items() if xs}
+    if len(means) < 2:
+        return from_verdict(v)
+    ens = means[ENSEMBLE_K]
+    return from_verdict(v, f"5-fold mean test RMSE {ens:.4f} ({names[ENSEMBLE_K]}) against {means[1]:.4f} (1 seed), "
+                           f"over {min(map(len, m.values()))} folds; the goal of {goal:.3f} "
+                           f"{'met' if ens <= goal else 'not met'}")
+
+
 CLAIMS = [
     *CHECKS,
     _swept("y_range", "y_range [0, 5.5] beats [0, 5] for ratings of 1 to 5", "y_range",
@@ -638,4 +684,8 @@ CLAIMS = [
               "collab_best", note=": 60 TPE trials, then the best and the lesson's recipe on 5 folds"),
     _recorded("collab_wide", "The lesson's collab recipe is as good as tuning over a wide space gets (u1..u5)",
               "collab_wide", note=": 80 TPE trials, then the best and the lesson's recipe on 5 folds"),
+    Claim("ensemble", "Beyond the lesson: five seeds of its recipe, averaged, beat one (u1..u5)",
+          f"the lesson's recipe on GroupLens' five test folds, one seed against trainer.ensemble={ENSEMBLE_K} (seeds "
+          f"0..{ENSEMBLE_K - 1} trained as one stack, predicting their mean), paired by fold",
+          measure_ensemble, judge_ensemble),
 ]

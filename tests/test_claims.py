@@ -53,6 +53,9 @@ def fabricated(key: str):
     if key == "bias_ranks":
         return {"spearman": {0: 0.90, 1: 0.91, 2: 0.89}, "spearman_min50": {0: 0.92}, "n_items": 1000, "seed": 0,
                 "lowest": claims.LESSON_LOWEST, "highest": claims.LESSON_HIGHEST[::-1]}
+    if key == "ensemble":
+        return {1: {f"u{i}": 0.905 + 0.002 * i for i in range(1, 6)},
+                5: {f"u{i}": 0.897 + 0.002 * i + 0.0003 * (i % 2) for i in range(1, 6)}}
     raise AssertionError(f"no fabricated measurement for claim {key}: add one")
 
 
@@ -81,6 +84,17 @@ def test_every_claim_judges_a_fabricated_measurement_into_the_one_vocabulary():
         assert j.verdict in claims.VERDICTS, c.key
         if not c.check and c.judge is not claims.judge_recorded:
             assert j.verdict == REPRODUCED, (c.key, j.numbers)  # the claimed side is ahead by 0.01 or more
+
+
+def test_the_ensemble_claim_fails_when_one_seed_is_as_good():
+    one = {f"u{i}": 0.905 + 0.002 * i for i in range(1, 6)}
+    def shifted(by: float, wobble: float) -> dict[str, float]:
+        return {f: x + by + wobble * (-1) ** i for i, (f, x) in enumerate(one.items())}
+
+    same = BY["ensemble"].judge({1: one, 5: shifted(0, 1e-4)})  # no difference that matters
+    worse = BY["ensemble"].judge({1: one, 5: shifted(4e-3, 2e-4)})  # one seed better
+    assert same.verdict == NOT_REPRODUCED and worse.verdict == NOT_REPRODUCED
+    assert "goal of 0.900 not met" in same.numbers
 
 
 def test_checks_fail_when_the_identity_breaks():
