@@ -190,3 +190,18 @@ def test_a_sweep_with_stacks_gives_each_trial_the_value_it_gets_alone(tmp_path, 
     assert all(abs(values["auto"][k] - values["1"][k]) <= 1e-6 for k in values["1"])
     bad = sweep(tmp_path, tmp_path / "1" / "tiny.yaml", "stack=0", *args)
     assert bad.returncode == 2 and "stack=0: give a positive whole number" in bad.stderr
+
+
+def test_the_stack_size_is_the_measured_one_capped_by_memory_and_a_size_memory_cannot_hold_is_refused(
+        movielens_dir, monkeypatch):
+    import lesson5.run
+    from lesson5.stack_size import AUTO, stack_size
+
+    cfg = quiet_config([f"data.path={movielens_dir}", "data.verify=false", "trainer.device=cpu"])
+    assert stack_size(cfg) == (AUTO[("collab", "cpu")], None) and stack_size(cfg, 1) == (1, None)
+    monkeypatch.setattr(lesson5.run, "stack_capacity", lambda cfg: 3)  # as if memory held 3
+    assert stack_size(cfg) == (3, None) and stack_size(cfg, 2) == (2, None)
+    with pytest.raises(ConfigError, match=r"stack=5: .* the largest that fits is 3"):
+        stack_size(cfg, 5)
+    size, why = stack_size(quiet_config(["model=resnet34"]), 4)
+    assert size == 1 and "model=resnet34" in why

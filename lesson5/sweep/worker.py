@@ -30,7 +30,6 @@ import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from lesson5.callback import Callback  # noqa: E402
-from lesson5.errors import ConfigError  # noqa: E402
 from lesson5.outcome import outcome  # noqa: E402
 from lesson5.process import Stop  # noqa: E402
 from lesson5.sweep import storage as stores  # noqa: E402
@@ -171,15 +170,10 @@ def point_overrides(study: Study, point: dict) -> list[str]:
             *([f"{BUDGET}={point[BUDGET]}"] if BUDGET in point else [])]
 
 
-# Trials a stack holds under stack=auto on each device, where the model stacks: measured per model by
-# benchmarks/bench_stack.py (BENCHMARKS.md); capped by what memory holds (lesson5.run.stack_capacity).
-AUTO_STACK = {("collab", "cpu"): 8, ("logistic", "cpu"): 1, ("mlp", "cpu"): 1}
-AUTO_STACK_CUDA = 32
-
-
 def stack_size(study: Study) -> int:
     """How many trials this worker trains as one stack: the study's `stack`, or for auto the measured size for its
-    model and device, never more than memory holds. A study whose trials cannot stack gets 1, and a line why."""
+    model and device, never more than memory holds (lesson5.stack_size). A study whose trials cannot stack gets 1,
+    and a line why."""
     if study.stack == 1 or study.sampler != "grid":
         return 1
     if study.pruner["name"] not in ("none", "halving") and study.stack == "auto":
@@ -187,24 +181,13 @@ def stack_size(study: Study) -> int:
         # time only between trials that run one after another
         print(f"study {study.name}: each trial alone (stack=1): pruner {study.pruner['name']}", file=sys.stderr)
         return 1
-    from lesson5.config import validate
     from lesson5.lifecycle import quiet_config
-    from lesson5.run import pick_device, stack_capacity, stackable
+    from lesson5.stack_size import stack_size as size_of
 
-    cfg = quiet_config(point_overrides(study, study.points()[0]))
-    conf = validate(cfg)
-    why = stackable(conf)
+    size, why = size_of(quiet_config(point_overrides(study, study.points()[0])), study.stack)
     if why:
         print(f"study {study.name}: each trial alone (stack=1): {why}", file=sys.stderr)
-        return 1
-    device = pick_device(conf.trainer.device, conf.model.name).type
-    size = study.stack if study.stack != "auto" else \
-        AUTO_STACK_CUDA if device == "cuda" else AUTO_STACK.get((conf.model.name, device), 1)
-    fits = stack_capacity(cfg) if size > 1 else 1
-    if study.stack != "auto" and size > fits:  # refused before any trial; auto never goes beyond
-        raise ConfigError(f"stack={size}: a stack of {size} trials of this study does not fit in the memory free on "
-                          f"{device}; the largest that fits is {fits} (or stack=auto)")
-    return min(size, fits)
+    return size
 
 
 def too_many_failures(study: Study, opt: optuna.Study) -> bool:
