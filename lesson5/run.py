@@ -265,7 +265,7 @@ def stack_capacity(cfg: DictConfig) -> int:
 def refuse_oversized(key: str, k: int, member: torch.nn.Module, fold: datasets.Fold, device: torch.device) -> None:
     """A ConfigError naming `key` when a stack of k copies of `member` on `fold` needs more than half of the memory
     free on `device` (lesson5.stack.memory_estimate), with the largest K that fits."""
-    rows = sum(t.nbytes for t in fold.train) if isinstance(fold.train, (tuple, list)) else 0
+    rows = sum(t.nbytes for t in fold.train) if isinstance(fold.train, tuple) else 0
     need, have = stack.memory_estimate(member, k, rows), available_memory(device)
     if need > have / 2:
         fits = stack.largest_fitting(member, have, rows)

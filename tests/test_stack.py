@@ -205,3 +205,23 @@ def test_the_stack_size_is_the_measured_one_capped_by_memory_and_a_size_memory_c
         stack_size(cfg, 5)
     size, why = stack_size(quiet_config(["model=resnet34"]), 4)
     assert size == 1 and "model=resnet34" in why
+
+
+def test_a_sweep_claims_an_ensemble_point_alone_and_stacks_the_points_that_can(tmp_path):
+    """stack_size judges a study by its first point; a space that also holds trainer.ensemble=2 (a stack of its
+    own) must claim those points one at a time, or run_stack would refuse them and every such trial would fail."""
+    import optuna
+    from test_sweep import write_study
+
+    from lesson5.sweep.worker import _claim
+
+    study = spec.load(str(write_study(tmp_path, space={"trainer.ensemble": {"choices": [1, 2]}}, seeds=[0, 1],
+                                      rule={"kind": "best", "param": "trainer.ensemble", "value": 2},
+                                      control={"kind": "best", "param": "trainer.ensemble", "value": 1})))
+    opt = optuna.create_study()
+    first = _claim(study, opt, 8)
+    assert [c["params"]["trainer.ensemble"] for c in first] == [1, 1]  # seeds 0 and 1 of K=1: one stack
+    for c in first:  # their trials finish
+        opt.enqueue_trial(c["params"], user_attrs=c["user_attrs"])
+        opt.tell(opt.ask(), 1.0)
+    assert [c["params"]["trainer.ensemble"] for c in _claim(study, opt, 8)] == [2]  # K=2: alone

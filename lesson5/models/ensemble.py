@@ -19,7 +19,8 @@ def mean_prediction(outs: Tensor, loss: str) -> Tensor:
 
 class Ensemble(nn.Module):
     """K models as one: `forward(x)` is the mean of their predictions. Its state dict is theirs under
-    `members.<k>.`; `loss` and `layer_groups()` are the first member's kind (they share one shape)."""
+    `members.<k>.`; `loss` is the members' (they share one shape), and `layer_groups()` one group of every
+    parameter."""
 
     def __init__(self, members: Sequence[nn.Module]):
         super().__init__()

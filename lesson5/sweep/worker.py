@@ -157,10 +157,27 @@ def _claim(study: Study, opt: optuna.Study, size: int) -> list[dict]:
         return []
     key = stack_key(point_overrides(study, free[0][1]))
     together = [(i, point) for i, point in free if stack_key(point_overrides(study, point)) == key][:size]
+    if len(together) > 1 and _apart_from_stacks(study, key):  # a point of a space that also holds unstackables
+        together = together[:1]
     return [{"params": {k: v for k, v in point.items() if k not in POINT_META},
              "user_attrs": {"grid_point": i, "look": point["look"],
                             **({"rung": point["rung"], "budget": point[BUDGET]} if BUDGET in point else {})}}
             for i, point in together]
+
+
+_UNSTACKABLE: dict[tuple, Optional[str]] = {}
+
+
+def _apart_from_stacks(study: Study, key: tuple) -> Optional[str]:
+    """Why points of this stack key cannot share a stack (a swept trainer.ensemble > 1, data.split=cv,
+    model.batchnorm: lesson5.run.stackable), or None; `stack_size` judged the study's first point only."""
+    if key not in _UNSTACKABLE:
+        from lesson5.config import validate
+        from lesson5.lifecycle import quiet_config
+        from lesson5.run import stackable
+
+        _UNSTACKABLE[key] = stackable(validate(quiet_config(list(key))))
+    return _UNSTACKABLE[key]
 
 
 def point_overrides(study: Study, point: dict) -> list[str]:
