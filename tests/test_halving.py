@@ -148,6 +148,38 @@ def test_the_top_1_over_eta_values_are_promoted_at_their_seeds_and_the_next_budg
     assert sorted({p["model.n_factors"] for p in halving.promote(maximize, table)}) == [16, 32]
 
 
+def test_a_value_with_no_finished_trial_is_not_promoted(tmp_path):
+    """With two swept parameters, a value whose every trial failed has no best setting and no evidence: it is left
+    out (it once raised KeyError and left the study's parent run RUNNING)."""
+    study = spec.load(str(write_study(tmp_path, space={"model.n_factors": {"choices": [2, 4, 8]},
+                                                       "optim.wd": {"choices": [0.0, 0.1]}},
+                                      pruner={"name": "halving", "eta": 2})))
+    ok = [Row("trial", "COMPLETE", {"model.n_factors": 4, "optim.wd": wd, "trainer.seed": s}, 0.9 + wd, i, 1,
+              curve=[0.9], seconds=1.0, rung=1, budget=1) for i, (wd, s) in enumerate([(0.0, 0), (0.0, 1), (0.1, 0),
+                                                                                      (0.1, 1)])]
+    failed = [Row("trial", "FAIL", {"model.n_factors": v, "optim.wd": 0.0, "trainer.seed": 0}, None, 10 + i, 1,
+                  curve=[], seconds=1.0, rung=1, budget=1) for i, v in enumerate((2, 8))]
+    new = halving.promote(study, Table(ok + failed))
+    assert new == [{"model.n_factors": 4, "optim.wd": 0.0, "trainer.seed": s, "look": 1, "rung": 2,
+                    halving.BUDGET: 2} for s in (0, 1)]
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"base": ["model=mlp", "data=mnist", "++trainer.stages=[{name: a, epochs: 2, lr: 0.01}]"],
+      "rule": {"kind": "best", "param": "optim.lr", "value": 0.01},
+      "control": {"kind": "best", "param": "optim.lr", "value": 0.1},
+      "space": {"optim.lr": {"choices": [0.01, 0.1]}},
+      "objective": {"metric": "valid_loss", "direction": "minimize"}}, "a recipe without trainer.stages"),
+    ({"space": {"model.n_factors": {"choices": [2, 4]}, "optim.wd": {"choices": [0.0, 0.1]}},
+      "control": {"kind": "best", "param": "optim.wd", "value": 0.0}}, "the control on the rule's parameter"),
+], ids=["staged recipe", "control on another parameter"])
+def test_a_study_whose_rungs_would_not_be_what_they_say_is_refused(tmp_path, changes, why):
+    path = write_study(tmp_path, **changes)
+    with pytest.raises(ConfigError) as err:
+        spec.load(str(path))
+    assert str(path) in str(err.value) and why in str(err.value)
+
+
 def test_trials_of_two_budgets_are_never_judged_together(tmp_path):
     """The claim (4) and the control (2) are judged on the final rung alone: its means, not a mix with the 1-epoch
     rung's (where 4 looked worst); a claim whose value was eliminated is judged where it was, never reproduced."""

@@ -68,10 +68,12 @@ def keep(n: int, eta: int) -> int:
     return min(n, max(2, n // eta))
 
 
-def check(study: Study, epochs: int, where: Optional[str] = None) -> list[int]:
-    """The rungs' budgets of a study whose pruner is halving and whose full recipe trains `epochs`; ConfigError
-    naming the file (or `where`, such as the command line) and the key when it cannot run. Fills in the defaults."""
-    where = where or f"{study.path}: pruner"
+def check(study: Study, conf, where: Optional[str] = None) -> list[int]:
+    """The rungs' budgets of a study whose pruner is halving and whose full recipe is `conf` (the base's validated
+    config); ConfigError naming the file (or `where`, such as the command line) and the key when it cannot run.
+    Fills in the defaults."""
+    where, epochs = where or f"{study.path}: pruner", conf.trainer.epochs
+    control = study.control or {}
     p = study.pruner
     unknown = set(p) - {"name", *DEFAULTS}
     if unknown:
@@ -82,6 +84,10 @@ def check(study: Study, epochs: int, where: Optional[str] = None) -> list[int]:
            "a best or better rule (it ranks the values of the rule's parameter)" if study.rule["kind"] == "final"
            else "a study without `final` scoring" if study.final is not None else
            f"{BUDGET} out of the space (the epochs are its budget)" if any(q.key == BUDGET for q in study.space)
+           else "a recipe without trainer.stages (a staged recipe trains its stages' epochs, whatever a rung's "
+           "trainer.epochs)" if conf.trainer.stages else
+           f"the control on the rule's parameter, {study.rule['param']} (it ranks only that one's values; this "
+           f"control is on {control['param']})" if control.get("param", study.rule["param"]) != study.rule["param"]
            else None)
     if why:
         raise ConfigError(f"{where}: halving needs {why}")
@@ -121,13 +127,13 @@ def promote(study: Study, table: Table) -> list[dict[str, Any]]:
     ran = _values(study, table, rung, param.key)
     sc = scores(at_rung(table, rung), param.key, study.direction == "maximize")
     sign = -1.0 if study.direction == "maximize" else 1.0
-    # unfinished values last; ties by the space's order, so every machine promotes the same values
-    order = sorted(ran, key=lambda v: (v not in sc, sign * sc[v].mean if v in sc else 0.0, ran.index(v)))
+    # only values with a finished trial (one without has no setting, and no evidence to promote it on); ties by
+    # the space's order, so every machine promotes the same values
+    order = sorted((v for v in ran if v in sc), key=lambda v: (sign * sc[v].mean, ran.index(v)))
     seeds = sorted({r.params[SEED] for r in table.trials() if r.rung == rung and SEED in r.params})
     out = []
     for value in order[:keep(len(ran), study.pruner["eta"])]:
-        setting = sc[value].setting if value in sc else {}
-        fixed = {param.key: next(c for c in param.choices if str(c) == value), **setting}
+        fixed = {param.key: next(c for c in param.choices if str(c) == value), **sc[value].setting}
         for seed in seeds:
             out.append({**{p.key: fixed[p.key] for p in study.space}, SEED: seed, "look": 1, "rung": rung + 1,
                         BUDGET: study.budgets[rung]})

@@ -166,8 +166,9 @@ def method(study: Study, table: Table) -> list[str]:
                       "by their mean over the rung's seeds, run at the next budget. Verdicts read the final "
                       "(full-budget) rung only, among the values that reached it; a claim naming a value eliminated "
                       "earlier is inconclusive (its summary gives its reading at the rung that eliminated it, a "
-                      "smaller budget's recipe). The scores, best trials, importances and plots below are the final "
-                      "rung's."]
+                      "smaller budget's recipe). A verdict's scores are those of the rung it was read at; the best "
+                      "trials, importances and plots below are the final rung's (the parent run's Optuna views show "
+                      "every rung's trials)."]
     return [*lines, ""]
 
 

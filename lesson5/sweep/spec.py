@@ -207,7 +207,7 @@ def load(name_or_path: str, overrides: list[str] = ()) -> Study:
     study.stack = parse_stack(raw.get("stack", "auto"), f"{path}: stack")
     conf = _check(study, raw.get("n_trials"), list(overrides))
     _check_looks(study, raw.get("max_seeds", len(study.seeds)), raw.get("looks", 1))
-    check_pruner(study, conf.trainer.epochs)
+    check_pruner(study, conf)
     return study
 
 
@@ -250,17 +250,15 @@ def _check_looks(study: Study, max_seeds: Any, looks: Any) -> None:
     study.max_seeds, study.looks = max_seeds, looks
 
 
-def check_pruner(study: Study, epochs: Optional[int] = None, where: Optional[str] = None) -> None:
-    """Refuse a pruner name that is not one of PRUNERS, and a halving that cannot run (lesson5.sweep.halving.check:
-    `epochs`, the full recipe's, composed from the base when not given); set the study's rung budgets."""
+def check_pruner(study: Study, conf=None, where: Optional[str] = None) -> None:
+    """Refuse a pruner name that is not one of PRUNERS, and a halving that cannot run (lesson5.sweep.halving.check,
+    on `conf`, the base's validated config, composed when not given); set the study's rung budgets."""
     if study.pruner.get("name") not in PRUNERS:
         raise ConfigError(f"{where or f'{study.path}: pruner'}: {study.pruner.get('name')!r} is not one of "
                           f"{', '.join(PRUNERS)}")
     study.budgets = []
     if study.pruner["name"] == "halving":
-        if epochs is None:
-            epochs = validate(compose(study.base)).trainer.epochs
-        study.budgets = halving.check(study, epochs, where)
+        study.budgets = halving.check(study, conf or validate(compose(study.base)), where)
 
 
 def _blame(study: Study, overrides: list[str], extra: list[str], error: Exception, what: str) -> ConfigError:
