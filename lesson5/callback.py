@@ -34,3 +34,35 @@ class Callback:
     def after_step(self, learn: Learner) -> None: ...
     def after_epoch(self, learn: Learner) -> None: ...
     def after_fit(self, learn: Learner) -> None: ...
+
+
+class Wrapper(Callback):
+    """A callback that runs another, `cb`, through `_call(event, learn)`, which decides what `cb` sees (one
+    member of a stack, an ensemble of them) and when; it handles the events `cb` handles, in `cb`'s order."""
+
+    def __init__(self, cb: Callback):
+        self.cb, self.order = cb, cb.order
+
+    def handles(self, event: str) -> bool:
+        return self.cb.handles(event)
+
+    def _call(self, event: str, learn: Learner) -> None:
+        raise NotImplementedError
+
+    def before_fit(self, learn):
+        self._call("before_fit", learn)
+
+    def before_epoch(self, learn):
+        self._call("before_epoch", learn)
+
+    def before_batch(self, learn):
+        self._call("before_batch", learn)
+
+    def after_step(self, learn):
+        self._call("after_step", learn)
+
+    def after_epoch(self, learn):
+        self._call("after_epoch", learn)
+
+    def after_fit(self, learn):
+        self._call("after_fit", learn)

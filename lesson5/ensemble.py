@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lesson5 import optim, stack
-from lesson5.callback import Callback
+from lesson5.callback import Callback, Wrapper
 from lesson5.config import Config
 from lesson5.data import Data, Fold
 from lesson5.learner import Learner, progress_bars
@@ -96,35 +96,19 @@ def raise_out(learn: Learner) -> None:
         raise learn.out[min(learn.out)]
 
 
-class ForEnsemble(Callback):
+class ForEnsemble(Wrapper):
     """Runs callback `cb` with the stack's Learner seen as the ensemble's, and stops the fit with a member's error
     as soon as one is out."""
 
     def __init__(self, cb: Callback, view: Ensembled):
-        self.cb, self.view, self.order = cb, view, cb.order
-
-    def handles(self, event: str) -> bool:
-        return self.cb.handles(event)
+        super().__init__(cb)
+        self.view = view
 
     def _call(self, event: str, learn: Learner) -> None:
         if event != "after_fit":
             raise_out(learn)
         getattr(self.cb, event)(self.view)
 
-    def before_fit(self, learn):
-        self._call("before_fit", learn)
-
-    def before_epoch(self, learn):
-        self._call("before_epoch", learn)
-
-    def before_batch(self, learn):
-        self._call("before_batch", learn)
-
-    def after_step(self, learn):
-        self._call("after_step", learn)
-
-    def after_epoch(self, learn):
-        self._call("after_epoch", learn)
 
     def after_fit(self, learn):
         self._call("after_fit", learn)

@@ -30,7 +30,7 @@ from torch.func import functional_call, vmap
 from torch.utils.data import Dataset
 
 from lesson5 import losses, optim
-from lesson5.callback import Callback, CancelFit
+from lesson5.callback import Callback, CancelFit, Wrapper
 from lesson5.config import Config
 from lesson5.data import Fold
 from lesson5.data.batches import PERMUTE_MAX_BYTES, TensorBatches, batches
@@ -198,15 +198,13 @@ class MemberView:
         return self._learn.opt.parts[self.k]
 
 
-class ForMember(Callback):
+class ForMember(Wrapper):
     """Runs callback `cb` for member `k` of a stack only, while that member is in; whatever `cb` raises (pruned, a
     lost tracking store) puts the member out with that error, and the fit stops once every member is out."""
 
     def __init__(self, cb: Callback, k: int):
-        self.cb, self.k, self.order = cb, k, cb.order
-
-    def handles(self, event: str) -> bool:
-        return self.cb.handles(event)
+        super().__init__(cb)
+        self.k = k
 
     def _call(self, event: str, learn: Learner) -> None:
         if self.k in learn.out and event != "after_fit":
@@ -218,20 +216,6 @@ class ForMember(Callback):
             if len(learn.out) == learn.model.members and event != "after_fit":
                 raise CancelFit from None
 
-    def before_fit(self, learn):
-        self._call("before_fit", learn)
-
-    def before_epoch(self, learn):
-        self._call("before_epoch", learn)
-
-    def before_batch(self, learn):
-        self._call("before_batch", learn)
-
-    def after_step(self, learn):
-        self._call("after_step", learn)
-
-    def after_epoch(self, learn):
-        self._call("after_epoch", learn)
 
     def after_fit(self, learn):
         self._call("after_fit", learn)
