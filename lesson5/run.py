@@ -257,15 +257,19 @@ def stack_capacity(cfg: DictConfig) -> int:
     conf = validate(cfg)
     device = pick_device(conf.trainer.device, conf.model.name)
     data = datasets.build(conf.data)
-    part = data.folds[0].train
     return stack.largest_fitting(build_model(conf, data, device), available_memory(device),
-                                 sum(t.nbytes for t in part) if isinstance(part, tuple) else 0)
+                                 _row_bytes(data.folds[0]))
+
+
+def _row_bytes(fold: datasets.Fold) -> int:
+    """The bytes of a fold's training rows, when held as tensors (a stack gathers them in each member's order)."""
+    return sum(t.nbytes for t in fold.train) if isinstance(fold.train, tuple) else 0
 
 
 def refuse_oversized(key: str, k: int, member: torch.nn.Module, fold: datasets.Fold, device: torch.device) -> None:
     """A ConfigError naming `key` when a stack of k copies of `member` on `fold` needs more than half of the memory
     free on `device` (lesson5.stack.memory_estimate), with the largest K that fits."""
-    rows = sum(t.nbytes for t in fold.train) if isinstance(fold.train, tuple) else 0
+    rows = _row_bytes(fold)
     need, have = stack.memory_estimate(member, k, rows), available_memory(device)
     if need > have / 2:
         fits = stack.largest_fitting(member, have, rows)

@@ -101,12 +101,7 @@ def check(study: Study, conf, where: Optional[str] = None) -> list[int]:
     return budgets(p["eta"], p["min_epochs"], epochs)
 
 
-def at_rung(table: Table, rung: int) -> list[tuple[dict[str, Any], float]]:
-    """(params, objective) of the complete trials of one rung: what a rung's ranking or verdict reads."""
-    return [(r.params, r.value) for r in table.trials("COMPLETE") if r.rung == rung]
-
-
-def _values(study: Study, table: Table, rung: int, key: str) -> list[str]:
+def values_at(study: Study, table: Table, rung: int, key: str) -> list[str]:
     """The values of `key` a rung ran (finished or not), as strings in the space's order."""
     ran = {str(r.params[key]) for r in table.trials() if r.rung == rung and key in r.params}
     return [str(c) for c in next(p.choices for p in study.space if p.key == key) if str(c) in ran]
@@ -124,8 +119,8 @@ def promote(study: Study, table: Table) -> list[dict[str, Any]]:
     if rung >= len(study.budgets):
         return []
     param = next(p for p in study.space if p.key == study.rule["param"])
-    ran = _values(study, table, rung, param.key)
-    sc = scores(at_rung(table, rung), param.key, study.direction == "maximize")
+    ran = values_at(study, table, rung, param.key)
+    sc = scores(table.at_rung(rung).completed(), param.key, study.direction == "maximize")
     sign = -1.0 if study.direction == "maximize" else 1.0
     # only values with a finished trial (one without has no setting, and no evidence to promote it on); ties by
     # the space's order, so every machine promotes the same values
@@ -143,7 +138,7 @@ def promote(study: Study, table: Table) -> list[dict[str, Any]]:
 def eliminated(study: Study, table: Table) -> dict[int, list[str]]:
     """Each rung's values (of the claim's parameter) that the next rung did not run; the last rung's: none."""
     key = study.rule["param"]
-    return {k: [v for v in _values(study, table, k, key) if v not in _values(study, table, k + 1, key)]
+    return {k: [v for v in values_at(study, table, k, key) if v not in values_at(study, table, k + 1, key)]
             for k in range(1, last_rung(table))}
 
 
@@ -156,12 +151,12 @@ def judge_rule(study: Study, table: Table, rule: dict, level: float) -> Verdict:
     rule names was eliminated, inconclusive, with the rule's reading at the highest rung holding its values."""
     key, top, final = rule["param"], last_rung(table), len(study.budgets)
     named = set(_named(rule))
-    rung = next((k for k in range(top, 0, -1) if named <= set(_values(study, table, k, key))), top)
-    v = judge(rule, at_rung(table, rung), study.direction == "maximize", level,
-              values=_values(study, table, rung, key))
+    rung = next((k for k in range(top, 0, -1) if named <= set(values_at(study, table, k, key))), top)
+    v = judge(rule, table.at_rung(rung).completed(), study.direction == "maximize", level,
+              values=values_at(study, table, rung, key))
     if rung == final:
         return v
-    gone = [x for x in _named(rule) if rung < top and x not in _values(study, table, rung + 1, key)]
+    gone = [x for x in _named(rule) if rung < top and x not in values_at(study, table, rung + 1, key)]
     why = f"{key} {', '.join(gone)} eliminated" if gone else "the study has not reached its full budget"
     head = (f"{why} at rung {rung} of {final} ({study.budgets[rung - 1]} of {study.budgets[-1]} epochs): no "
             f"full-budget evidence; at that budget, another recipe, it read {v.result}")
@@ -172,6 +167,6 @@ def announce(study: Study, new: list[dict[str, Any]], table: Table) -> str:
     """The driver's line for a rung it adds: its budget, the values it runs and those it drops."""
     key, rung = study.rule["param"], new[0]["rung"]
     kept = {str(p[key]) for p in new}
-    ran = _values(study, table, rung - 1, key)
+    ran = values_at(study, table, rung - 1, key)
     return (f"rung {rung} of {len(study.budgets)}: {len(new)} trials at {new[0][BUDGET]} epochs ({key} "
             f"{', '.join(v for v in ran if v in kept)}; eliminated {', '.join(v for v in ran if v not in kept)})")

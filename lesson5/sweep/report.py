@@ -218,10 +218,9 @@ def _rungs(study: Study, table: Table) -> list[str]:
     lines = ["## Rungs", "", f"| rung | epochs | trials | complete | values of `{param}` | eliminated here |",
              "|---:|---:|---:|---:|---|---|"]
     for k in range(1, halving.last_rung(table) + 1):
-        rows = [r for r in table.trials() if r.rung == k]
-        values = [str(c) for c in _choices(study, param) if str(c) in {str(r.params.get(param)) for r in rows}]
+        rows = table.at_rung(k).trials()
         lines.append(f"| {k} | {study.budgets[k - 1]} | {len(rows)} | {sum(r.state == 'COMPLETE' for r in rows)} | "
-                     f"{', '.join(values)} | {', '.join(gone.get(k, [])) or '-'} |")
+                     f"{', '.join(halving.values_at(study, table, k, param))} | {', '.join(gone.get(k, [])) or '-'} |")
     return [*lines, ""]
 
 

@@ -125,7 +125,7 @@ def dumps(table: Table, study: Study) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns(study))
     for r in table.rows:
-        w.writerow([r.role, "" if r.number is None else r.number, "" if r.look is None else r.look,
+        w.writerow([r.role, _int(r.number), _int(r.look),
                     *([_int(r.rung), _int(r.budget)] if study.budgets else []), r.state,
                     *(_num(r.params[p.key]) if isinstance(r.params.get(p.key), float) else r.params.get(p.key, "")
                       for p in study.space),
