@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import math
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -121,14 +122,20 @@ class Judged:
 
 @dataclass
 class Context:
-    """What measurements share: quick or full, the user's overrides, and the runs made (or reused) so far."""
+    """What measurements share: quick or full, the user's overrides, the runs made (or reused) so far, and the
+    workers that train them (`lesson5.pool`). Safe to use from several threads: the claims of a report with more
+    than one worker are measured at once, each in a thread, and the runs they ask for train as the workers free."""
 
     quick: bool
     overrides: list[str] = field(default_factory=list)
     reuse: bool = True
+    workers: int = 1
     made: list[dict] = field(default_factory=list)
     _found: Optional[dict[str, dict]] = None
     _memo: dict[str, Optional[dict]] = field(default_factory=dict)
+    _pending: dict[str, tuple] = field(default_factory=dict)  # key: (claim, group, Future) of a job not yet kept
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _pool: Any = None
 
     def _finished(self) -> dict[str, dict]:
         """Finished runs of earlier reports in this store, by their trial key."""
@@ -159,52 +166,62 @@ class Context:
 
     def run_all(self, claim: str, runs: list[list[str]]) -> None:
         """Make the runs not made yet; those that may share a stack (lesson5.stack) train as one, in stacks of the
-        size a sweep takes (lesson5.stack_size), each still its own MLflow run with its own metrics."""
+        size a sweep takes (lesson5.stack_size), each still its own MLflow run with its own metrics. A run another
+        claim's thread has asked for already is waited for, not made twice."""
+        from lesson5 import pool
         from lesson5.lifecycle import quiet_config
         from lesson5.stack import stack_key
         from lesson5.stack_size import stack_size
 
-        todo: dict[str, list[str]] = {}
-        for overrides in runs:
-            if not self._known(claim, overrides):
-                todo.setdefault(self._key(overrides), overrides)
-        groups: dict[tuple, list[list[str]]] = {}
-        for overrides in todo.values():
-            groups.setdefault(stack_key([*overrides, *self.overrides]), []).append(overrides)
-        for group in groups.values():
-            size = stack_size(quiet_config([*group[0], *self.overrides]))[0] if len(group) > 1 else 1
-            for i in range(0, len(group), size):
-                self._make(claim, group[i:i + size])
+        with self._lock:  # Hydra's compose (quiet_config, stack_key) is not thread-safe
+            jobs, todo = {}, {}
+            for overrides in runs:
+                key = self._key(overrides)
+                if key in self._pending:
+                    jobs[id(self._pending[key][2])] = self._pending[key]
+                elif not self._known(claim, overrides):
+                    todo.setdefault(key, overrides)
+            groups: dict[tuple, list[list[str]]] = {}
+            for overrides in todo.values():
+                groups.setdefault(stack_key([*overrides, *self.overrides]), []).append(overrides)
+            if groups and self._pool is None:
+                self._pool = pool.pool(self.workers)
+            for group in groups.values():
+                size = stack_size(quiet_config([*group[0], *self.overrides]))[0] if len(group) > 1 else 1
+                for i in range(0, len(group), size):
+                    job = (claim, group[i:i + size], self._pool.submit(self._job(claim, group[i:i + size])))
+                    jobs[id(job[2])] = job
+                    self._pending.update((self._key(o), job) for o in job[1])
+        for claim_of, group, done in jobs.values():
+            self._keep(claim_of, group, done.result())
 
-    def _make(self, claim: str, group: list[list[str]]) -> None:
-        """Train `group` (one run, or a stack of them) and keep each run's metrics, or None when it diverged."""
-        from lesson5.errors import DivergedError
-        from lesson5.lifecycle import quiet_config
-        from lesson5.run import run, run_stack
+    def _job(self, claim: str, group: list[list[str]]) -> dict:
+        """The pool's job for `group` (one run, or a stack of them)."""
+        return {"runs": group, "extra": self.overrides, "experiment": EXPERIMENT,
+                "names": [f"{claim}: {' '.join(o)}"[:200] for o in group],
+                "tags": [{"claims.claim": claim, "claims.trial": self._key(o)} for o in group]}
 
-        names = [f"{claim}: {' '.join(o)}"[:200] for o in group]
-        cfgs = [quiet_config([*o, *self.overrides], track=True, experiment=EXPERIMENT, run_name=name)
-                for o, name in zip(group, names)]
-        tags = [{"claims.claim": claim, "claims.trial": self._key(o)} for o in group]
-        if len(group) == 1:
-            try:
-                results = [run(cfgs[0], overrides=group[0], tags=tags[0])]
-            except DivergedError as e:
-                results = [e]
-        else:
-            results = run_stack(cfgs, overrides=group, tags=tags)
-        for overrides, name, result in zip(group, names, results):
-            key = self._key(overrides)
-            if isinstance(result, DivergedError):
-                self.made.append({"claim": claim, "overrides": overrides, "failed": "diverged"})
-                self._memo[key] = None
-                continue
-            if isinstance(result, BaseException):
-                raise result
-            out = {**result.metrics, "run_id": result.run_id}
-            self.made.append({"claim": claim, "overrides": overrides, "reused": False, **out})
-            self._memo[key] = out
-            print(f"  {name}", file=sys.stderr)
+    def _keep(self, claim: str, group: list[list[str]], results: list[dict]) -> None:
+        """Each run's metrics, or None when it diverged; once, whichever claim's thread comes first."""
+        with self._lock:
+            for overrides, result in zip(group, results):
+                key = self._key(overrides)
+                if self._pending.pop(key, None) is None:
+                    continue
+                if "diverged" in result:
+                    self.made.append({"claim": claim, "overrides": overrides, "failed": "diverged"})
+                    self._memo[key] = None
+                    continue
+                out = {**result["metrics"], "run_id": result["run_id"]}
+                self.made.append({"claim": claim, "overrides": overrides, "reused": False, **out})
+                self._memo[key] = out
+                print(f"  {claim}: {' '.join(overrides)}"[:202], file=sys.stderr)
+
+    def close(self, stop: bool = False) -> None:
+        """Close the workers (`stop`: interrupting their runs)."""
+        if self._pool is not None:
+            self._pool.close(stop)
+            self._pool = None
 
     def trials(self, claim: str, base: list[str], points: Iterable[dict[str, Any]], seeds: Iterable[int],
                metric: str) -> list[tuple[dict[str, Any], float]]:

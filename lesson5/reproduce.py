@@ -1,4 +1,4 @@
-"""Apps: `lesson5-reproduce [quick=true] [only=KEY,...] [reuse=false] [out=FILE] [overrides]` (or `python -m
+"""Apps: `lesson5-reproduce [quick=true] [only=KEY,...] [reuse=false] [workers=N] [out=FILE] [overrides]` (or `python -m
 lesson5.reproduce`): re-test every claim of Lesson 5 (`lesson5.claims.CLAIMS`) and write `reports/claims.md`: each
 claim with the paired seeds behind its interval, the interval and the verdict; the studies' controls; the checks
 (identities that cannot fail), apart; every threshold with its reason; and the lesson's bias tables beside ours.
@@ -7,13 +7,18 @@ Overrides (`tracking.uri=...`, say) apply to every run it makes. Runs go to the 
 `lesson5-claims`; a later report reuses the finished runs it finds there (`reuse=false` runs everything again).
 `quick=true` runs fewer values and two seeds at one look, so more verdicts may be inconclusive; the report's header
 says which it is. The report is written only by `markdown` here, from the judged claims.
+
+`workers=N` (default: one per CPU core) trains the runs in N processes (`lesson5.pool`), the claims measured at once;
+N changes where the runs train, not which runs are made or which of them share a stack.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Optional
 
@@ -36,25 +41,50 @@ CLAIMS_HEADER = "| claim | how it was tested | n | advantage [interval] vs | ver
 CONTROLS_HEADER = "| study's claim | control: must come out not reproduced | n | advantage [interval] vs | verdict |"
 CHECKS_HEADER = "| check | how it was tested | numbers | result |"
 THRESHOLDS_HEADER = "| key | threshold | unit | why this number |"
+# Each worker trains one run (or stack) at a time on one thread (trainer.threads), and its MLflow writer takes part
+# of another core: one worker per core keeps a 2-core machine busy (BENCHMARKS.md); beyond 8, the report's claims
+# (13, each waiting on its looks) rarely have the runs to feed more.
+MAX_DEFAULT_WORKERS = 8
+DEFAULT_WORKERS = max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
 MODES = {True: "quick (quick=true): fewer values, two seeds and one look at 95%, so more verdicts are inconclusive",
          False: "full: each study's grid and seeds, seeds added look by look until decided"}
 
 
 def measure_all(ctx: Context, only: Optional[list[str]] = None) -> list[tuple[Claim, Judged]]:
-    """(claim, judged) for each claim; one that cannot be measured is inconclusive, saying why."""
+    """(claim, judged) for each claim, in CLAIMS' order; one that cannot be measured is inconclusive, saying why.
+    With more than one worker the claims are measured at once, each in a thread, so that the runs of all of them
+    keep the workers busy (a claim's next look waits for its last, and a lone claim's stacks would leave cores
+    idle)."""
+    chosen = [c for c in CLAIMS if not only or c.key in only]
+    if ctx.workers <= 1:
+        return [(c, _measure(ctx, c)) for c in chosen]
+    # the checks first, in this thread alone: they seed torch's global generator, which threads would share
+    judged = {c.key: _measure(ctx, c) for c in chosen if c.check}
+    started = {}
+
+    def measure(claim: Claim, done: Future) -> None:
+        try:
+            done.set_result(_measure(ctx, claim))
+        except BaseException as e:  # noqa: BLE001 - raised in the main thread, by result()
+            done.set_exception(e)
+
+    for claim in chosen:  # daemons: a stopped report does not wait for its claims' threads
+        if claim.key not in judged:
+            started[claim.key] = Future()
+            threading.Thread(target=measure, args=(claim, started[claim.key]), name=f"lesson5-claim-{claim.key}",
+                             daemon=True).start()
+    judged.update((key, done.result()) for key, done in started.items())
+    return [(c, judged[c.key]) for c in chosen]
+
+
+def _measure(ctx: Context, claim: Claim) -> Judged:
     from lesson5.errors import Lesson5Error
 
-    rows = []
-    for claim in CLAIMS:
-        if only and claim.key not in only:
-            continue
-        print(f"{claim.key}: {claim.text}", file=sys.stderr)
-        try:
-            judged = claim.judge(claim.measure(ctx))
-        except Lesson5Error as e:
-            judged = Judged(INCONCLUSIVE, f"not measured: {e}".replace("\n", " "))
-        rows.append((claim, judged))
-    return rows
+    print(f"{claim.key}: {claim.text}", file=sys.stderr)
+    try:
+        return claim.judge(claim.measure(ctx))
+    except Lesson5Error as e:
+        return Judged(INCONCLUSIVE, f"not measured: {e}".replace("\n", " "))
 
 
 def _cell(text: str) -> str:
@@ -136,6 +166,9 @@ COMMAND = cli.Command(
                                        "inconclusive", default=False),
              cli.Option("only", list, "re-test only these claims", choices=[c.key for c in CLAIMS]),
              cli.Option("reuse", bool, "reuse the finished runs of earlier reports", default=True),
+             cli.Option("workers", int, "worker processes that train the runs (default: one per CPU core, at most "
+                                        f"{MAX_DEFAULT_WORKERS})", default=DEFAULT_WORKERS, low=1,
+                        high=cli.max_workers(), why_high=cli.WORKERS_BOUND),
              cli.Option("out", Path, "the report's file", default=Path("reports/claims.md"))),
     overrides="every run it makes")
 
@@ -145,8 +178,13 @@ def _reproduce(args) -> int:
     cli.checked(args.overrides)
     cli.writable(args.out, "out")
     start = time.perf_counter()
-    ctx = Context(args.quick, args.overrides, reuse=args.reuse)
-    rows = measure_all(ctx, args.only)
+    ctx = Context(args.quick, args.overrides, reuse=args.reuse, workers=args.workers)
+    try:
+        rows = measure_all(ctx, args.only)
+    except BaseException:
+        ctx.close(stop=True)  # Ctrl-C reached the workers too; SIGTERM (or an error here) did not
+        raise
+    ctx.close()
     command = " ".join(["python -m lesson5.reproduce", *args.argv])
     text = markdown(rows, command, args.quick, ctx.made, (time.perf_counter() - start) / 60)
     args.out.parent.mkdir(parents=True, exist_ok=True)

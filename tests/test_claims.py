@@ -263,15 +263,19 @@ def test_judge_reads_a_threshold_rule_as_the_registry_says():
 
 
 @pytest.mark.slow
-def test_the_quick_report_runs_on_tiny_data_and_reuses_its_runs(tiny):
-    keys = ["embedding", "wd_vs_l2", "y_range", "adam_vs_sgd", "bias_ranks"]
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_quick_report_runs_on_tiny_data_and_reuses_its_runs(tiny, workers):
+    """In this process, or in two workers with the claims measured at once: the same runs, in the same stacks."""
+    keys = ["embedding", "wd_vs_l2", "y_range", "adam_vs_sgd", "adam_vs_momentum", "bias_ranks"]
     ctx = claims.Context(quick=True, overrides=[*[o for o in tiny if not o.startswith("tracking.experiment")],
-                                                "trainer.epochs=1"])
+                                                "trainer.epochs=1"], workers=workers)
     rows = reproduce.measure_all(ctx, keys)
+    ctx.close()
     assert [c.key for c, _ in rows] == keys
     assert all(j.verdict in claims.VERDICTS for _, j in rows)
     y_ranges = claims.quick_space(claims._study("y_range"), {})["model.y_range"]  # with any control's value
-    runs = len(y_ranges) * 2 + 2 * 3 * 2 + 3  # y_range: each value at 2 seeds; adam, sgd: 3 lrs x 2; biases: 3
+    runs = len(y_ranges) * 2 + 3 * 3 * 2 + 3  # y_range: each value at 2 seeds; adam, sgd, momentum: 3 lrs x 2 (adam's
+    # shared by its two claims, made once even when both ask at once); biases: 3
     assert all(not m.get("reused") for m in ctx.made) and len(ctx.made) == runs
     # a claim's runs that differ only in seed, lr or y_range train as stacks, each still its own MLflow run
     from mlflow import MlflowClient

@@ -183,7 +183,8 @@ CHECKS_ONLY = st.sampled_from(["embedding", "wd_vs_l2", "embedding,wd_vs_l2", "n
 @pytest.mark.slow
 @FUZZ
 @given(drawn=argv([], {"quick": st.sampled_from(["true", "false", "maybe", ""]), "only": CHECKS_ONLY,
-                       "reuse": st.sampled_from(["true", "no", "2"]), "out": OUT_FILE}, overrides=True))
+                       "reuse": st.sampled_from(["true", "no", "2"]), "workers": NUMBER, "out": OUT_FILE},
+                  overrides=True))
 def test_reproduce(world, capsys, drawn):
     """Only the checks (identities: no training) are measured; the overrides are still checked for every run."""
     if not any(a.startswith("only=") for a in drawn):
