@@ -173,7 +173,7 @@ class Context:
         from lesson5.stack import stack_key
         from lesson5.stack_size import stack_size
 
-        with self._lock:  # Hydra's compose (quiet_config, stack_key) is not thread-safe
+        with self._lock:
             jobs, todo = {}, {}
             for overrides in runs:
                 key = self._key(overrides)

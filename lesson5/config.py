@@ -20,6 +20,7 @@ import difflib
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -551,10 +552,16 @@ def compose(overrides: Sequence[str] = (), config_dirs: Sequence[str | Path] = (
     if PLUGIN_ERROR is not None:
         raise PLUGIN_ERROR
     overrides = [*overrides, searchpath(config_dirs)] if config_dirs else list(overrides)
-    if GlobalHydra.instance().is_initialized():  # inside a Hydra app (the CLI): compose with its loader
-        return hydra_compose(config_name="config", overrides=overrides)
-    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+    with _COMPOSING:
+        if GlobalHydra.instance().is_initialized():  # inside a Hydra app (the CLI): compose with its loader
+            return hydra_compose(config_name="config", overrides=overrides)
+        with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+
+
+# Hydra's compose goes through one global instance, which initialize_config_module sets and clears: two threads
+# composing at once (the claims report's) would clear it under each other.
+_COMPOSING = threading.Lock()
 
 
 def searchpath(config_dirs: Sequence[str | Path]) -> str:

@@ -178,13 +178,20 @@ def pool(workers: int) -> Union[InProcess, Workers]:
     return InProcess() if workers <= 1 else Workers(workers)
 
 
+def _interrupt_once(signum, frame) -> None:
+    """The first SIGINT stops the run; later ones (Ctrl-C, then the caller's close(stop=True)) are ignored, so that
+    none lands in the closing of the runs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     """A worker: train each job read from stdin, answer each on the descriptor that was stdout."""
     from lesson5.errors import describe
 
     # Ctrl-C, or the caller's close(stop=True), interrupts the run, even where the caller started with SIGINT
     # ignored (`cmd &` in a script), which this process would inherit
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _interrupt_once)
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     trainer = Trainer()

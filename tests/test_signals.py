@@ -197,3 +197,23 @@ def test_a_group_sigterm_ends_a_run_with_dataloader_workers_killed(tmp_path):
     _, (run,) = _all_runs(db)
     assert run.info.status == "KILLED" and run.data.tags["outcome"] == "interrupted", run.data.tags
     _no_helper_left(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("to", "signum"), [("group", signal.SIGINT), ("main", signal.SIGTERM)],
+                         ids=["INT-group", "TERM-main"])
+def test_a_signal_stops_the_claims_report_and_its_workers(tmp_path, movielens_dir, to, signum):
+    """Ctrl-C reaches the report's workers with it; a SIGTERM to the report alone is passed on to them: either way
+    their runs end KILLED, nothing is left RUNNING, and no worker or writer outlives the report."""
+    db = tmp_path / "mlflow.db"
+    proc = _start(["-m", "lesson5.reproduce", "quick=true", "only=y_range,bias_ranks", "workers=2",
+                   f"out={tmp_path / 'claims.md'}", f"data.path={movielens_dir}", "data.verify=false",
+                   "trainer.epochs=1000", f"tracking.uri=sqlite:///{db}"], tmp_path)
+    _wait_until_training(proc, db)
+    err = _signal(proc, to, signum)
+    assert proc.returncode == CODES[signum], err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    _, runs = _all_runs(db)
+    assert runs and all(r.info.status == "KILLED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert not (tmp_path / "claims.md").exists()
+    _no_helper_left(tmp_path)
