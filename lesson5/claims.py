@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from lesson5.errors import Lesson5Error
 from lesson5.load import tracking_uri
 from lesson5.sweep.spec import SWEEPS
 from lesson5.sweep.verdict import (
@@ -136,6 +137,7 @@ class Context:
     _pending: dict[str, tuple] = field(default_factory=dict)  # key: (claim, group, Future) of a job not yet kept
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _pool: Any = None
+    _closed: bool = False
 
     def _finished(self) -> dict[str, dict]:
         """Finished runs of earlier reports in this store, by their trial key."""
@@ -160,11 +162,12 @@ class Context:
 
     def run(self, claim: str, overrides: list[str]) -> Optional[dict]:
         """One lesson5 run's final metrics and run id (reused from MLflow when an earlier report, or an earlier
-        claim of this one, made the same run); None when it failed (diverged, say)."""
-        self.run_all(claim, [overrides])
+        claim of this one, made the same run); None when it failed (diverged, say). A run made here is in the store
+        when this returns (its model, for load_run), where run_all's need only have trained."""
+        self.run_all(claim, [overrides], stored=True)
         return self._memo[self._key(overrides)]
 
-    def run_all(self, claim: str, runs: list[list[str]]) -> None:
+    def run_all(self, claim: str, runs: list[list[str]], stored: bool = False) -> None:
         """Make the runs not made yet; those that may share a stack (lesson5.stack) train as one, in stacks of the
         size a sweep takes (lesson5.stack_size), each still its own MLflow run with its own metrics. A run another
         claim's thread has asked for already is waited for, not made twice."""
@@ -174,6 +177,8 @@ class Context:
         from lesson5.stack_size import stack_size
 
         with self._lock:
+            if self._closed:  # a claim's thread still asking once the report has stopped
+                raise Lesson5Error("the report was stopped")
             jobs, todo = {}, {}
             for overrides in runs:
                 key = self._key(overrides)
@@ -189,11 +194,19 @@ class Context:
             for group in groups.values():
                 size = stack_size(quiet_config([*group[0], *self.overrides]))[0] if len(group) > 1 else 1
                 for i in range(0, len(group), size):
-                    job = (claim, group[i:i + size], self._pool.submit(self._job(claim, group[i:i + size])))
+                    job = (claim, group[i:i + size],
+                           self._pool.submit({**self._job(claim, group[i:i + size]), "stored": stored}))
                     jobs[id(job[2])] = job
                     self._pending.update((self._key(o), job) for o in job[1])
         for claim_of, group, done in jobs.values():
-            self._keep(claim_of, group, done.result())
+            try:
+                results = done.result()
+            except BaseException:
+                with self._lock:  # a later ask makes these runs again, rather than raise this error again
+                    for overrides in group:
+                        self._pending.pop(self._key(overrides), None)
+                raise
+            self._keep(claim_of, group, results)
 
     def _job(self, claim: str, group: list[list[str]]) -> dict:
         """The pool's job for `group` (one run, or a stack of them)."""
@@ -218,7 +231,9 @@ class Context:
                 print(f"  {claim}: {' '.join(overrides)}"[:202], file=sys.stderr)
 
     def close(self, stop: bool = False) -> None:
-        """Close the workers (`stop`: interrupting their runs)."""
+        """Close the workers (`stop`: interrupting their runs; no run starts after it)."""
+        with self._lock:
+            self._closed = self._closed or stop
         if self._pool is not None:
             self._pool.close(stop)
             self._pool = None

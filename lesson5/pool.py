@@ -32,7 +32,8 @@ from lesson5.errors import Lesson5Error
 from lesson5.process import start_module
 
 Job = dict  # {"runs": [[override, ...], ...], "extra": [override, ...], "names": [str], "tags": [{str: str}],
-#              "experiment": str}: extra applies to every run, but is not the run's own (its name, its params' note)
+#              "experiment": str, "stored": bool}: extra applies to every run, but is not the run's own (its name,
+#              its params' note); stored: answer only once the runs are in the store (the caller reads them back)
 
 
 class Trainer:
@@ -43,15 +44,21 @@ class Trainer:
         self._opened = False
 
     def __call__(self, job: Job) -> list[dict]:
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
         from lesson5.config import validate
-        from lesson5.errors import DivergedError
+        from lesson5.errors import ConfigError, DivergedError, describe
         from lesson5.lifecycle import quiet_config
         from lesson5.run import run, run_stack
         from lesson5.tracking import open_tracker
 
         runs = job["runs"]
-        cfgs = [quiet_config([*o, *job["extra"]], track=True, experiment=job["experiment"], run_name=name)
-                for o, name in zip(runs, job["names"])]
+        try:
+            cfgs = [quiet_config([*o, *job["extra"]], track=True, experiment=job["experiment"], run_name=name)
+                    for o, name in zip(runs, job["names"])]
+        except (HydraException, OmegaConfBaseException) as e:  # an override Hydra cannot compose: refused input
+            raise ConfigError(describe(e)) from None
         if not self._opened:  # the writer the jobs' tracking section asks for (None: tracking=none)
             self.tracker, self._opened = open_tracker(validate(cfgs[0]).tracking), True
         try:
@@ -62,8 +69,11 @@ class Trainer:
                     results = [e]
             else:  # each member's own end (diverged) comes back as its result
                 results = run_stack(cfgs, overrides=runs, tags=job["tags"], tracker=self.tracker)
+            if job.get("stored") and self.tracker is not None:
+                self.tracker.flush()  # the caller reads the runs back from the store
         except BaseException:
-            self.close()  # a writer that failed is not reused: the next job starts its own
+            with contextlib.suppress(Exception):  # what ended the job is what the caller needs to hear
+                self.close()  # a writer that failed is not reused: the next job starts its own
             raise
         out = []
         for result in results:
@@ -103,6 +113,7 @@ class Workers:
     """`n` worker processes, each fed from one queue of jobs by a thread of its own."""
 
     def __init__(self, n: int):
+        self._stopped = False
         self._jobs: queue.Queue = queue.Queue()
         self._procs: list[Optional[subprocess.Popen]] = [None] * n
         self._threads = [threading.Thread(target=self._serve, args=(i,), name=f"lesson5-pool-{i}", daemon=True)
@@ -112,7 +123,10 @@ class Workers:
 
     def submit(self, job: Job) -> Future:
         done: Future = Future()
-        self._jobs.put((job, done))
+        if self._stopped:  # a claim's thread that asks after the stop: nothing more starts
+            done.cancel()
+        else:
+            self._jobs.put((job, done))
         return done
 
     def _serve(self, i: int) -> None:
@@ -129,13 +143,16 @@ class Workers:
             with contextlib.suppress(OSError):
                 proc.stdin.close()  # the worker closes its writer and exits
             try:
-                proc.wait(timeout=120)
+                proc.wait(timeout=330)  # its writer's close waits up to 300 s for the store
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
 
     def _ask(self, i: int, job: Job) -> list[dict]:
         proc = self._procs[i]
         if proc is None or proc.poll() is not None:
+            if self._stopped:
+                raise Lesson5Error("the report is stopping")
             proc = self._procs[i] = start_module("lesson5.pool", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                  text=True)
         try:
@@ -156,6 +173,7 @@ class Workers:
     def close(self, stop: bool = False) -> None:
         """Let the workers finish and exit; `stop`: fail the queued jobs and interrupt the running ones."""
         if stop:
+            self._stopped = True
             while True:
                 try:
                     item = self._jobs.get_nowait()
@@ -178,11 +196,16 @@ def pool(workers: int) -> Union[InProcess, Workers]:
     return InProcess() if workers <= 1 else Workers(workers)
 
 
+_stopping = threading.Event()
+
+
 def _interrupt_once(signum, frame) -> None:
-    """The first SIGINT stops the run; later ones (Ctrl-C, then the caller's close(stop=True)) are ignored, so that
-    none lands in the closing of the runs."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    """The first SIGINT or SIGTERM stops the run; later ones (Ctrl-C, then the caller's close(stop=True)) do
+    nothing, so that none lands in the closing of the runs. (A handler, not SIG_IGN: a signal already caught when
+    the handler changed to SIG_IGN would raise "ignored due to race condition" where it lands.)"""
+    if not _stopping.is_set():
+        _stopping.set()
+        raise KeyboardInterrupt
 
 
 def main() -> int:
@@ -191,7 +214,9 @@ def main() -> int:
 
     # Ctrl-C, or the caller's close(stop=True), interrupts the run, even where the caller started with SIGINT
     # ignored (`cmd &` in a script), which this process would inherit
-    signal.signal(signal.SIGINT, _interrupt_once)
+    # SIGTERM (`scancel`, a container's stop, to the whole group) likewise: the runs end KILLED, not FAILED
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt_once)
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     trainer = Trainer()
@@ -199,14 +224,17 @@ def main() -> int:
         for line in sys.stdin:
             job = json.loads(line)
             try:
-                reply = {"results": trainer(job)}
+                reply = json.dumps({"results": trainer(job)})
             except Exception as e:  # noqa: BLE001 - the caller's to report
-                reply = {"error": describe(e), "lesson5": isinstance(e, Lesson5Error)}
-            answers.write(json.dumps(reply) + "\n")
+                reply = json.dumps({"error": describe(e), "lesson5": isinstance(e, Lesson5Error)})
+            answers.write(reply + "\n")
     except KeyboardInterrupt:  # the run ended KILLED; the caller stops too
         return 130
     finally:
-        trainer.close()
+        try:
+            trainer.close()
+        except Lesson5Error as e:  # its runs are marked FAILED; the jobs were answered already
+            print(f"error: {describe(e)}", file=sys.stderr)
     return 0
 
 

@@ -14,10 +14,11 @@ Signals. A user stops a run or a sweep with Ctrl-C (SIGINT to the terminal's pro
 and `kill` to one process, `scancel` and a container's stop to every process): only the main process decides how it
 ends. Its helpers start in their own session, out of the group's reach, with SIGINT and SIGTERM held (blocked) from
 their first instruction until they say what to do with them (`take_signals`): the writer ignores them (it ends when
-its trainer closes it, or dies), a sweep worker stops its trials when its driver forwards the stop. `Stop` turns the
-first of them into one KeyboardInterrupt, raised only where the process can stop cleanly (`interruptible`, not in
-a `shielded` block such as a storage write), and gives the exit code: 130 for SIGINT, 143 for SIGTERM (128 + the
-signal's number, as a shell reports a process that a signal ended).
+its trainer closes it, or dies), a sweep worker stops its trials when its driver forwards the stop (the claims report's
+pool workers, `lesson5.pool`, share the caller's group instead, and take its first SIGINT or SIGTERM as a stop).
+`Stop` turns the first of them into one KeyboardInterrupt, raised only where the process can stop cleanly
+(`interruptible`, not in a `shielded` block such as a storage write), and gives the exit code: 130 for SIGINT,
+143 for SIGTERM (128 + the signal's number, as a shell reports a process that a signal ended).
 """
 
 from __future__ import annotations

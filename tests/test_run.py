@@ -184,6 +184,31 @@ def test_closing_a_tracker_whose_writer_died_fails_at_once(tmp_path):
     assert run.info.status == "FAILED" and "writer exited" in run.data.tags["stop_reason"]
 
 
+def test_flush_returns_once_ended_runs_and_their_files_are_in_the_store(tmp_path):
+    """What a claims-report worker waits for before the report reads a run back (lesson5.pool, `stored`); the
+    tracker stays open for the next run. A writer that died meanwhile is a TrackingError, not a wait."""
+    from lesson5.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri)
+    rid = tracker.start_run(experiment="e", name="r", params={}, tags={})
+    tracker.log_files(rid, {"weights.pt": b"x" * 100_000})
+    tracker.end_run(rid, "FINISHED")
+    tracker.flush(timeout=120)
+    run_id = tracker.runs[rid].run_id
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [f.path for f in client.list_artifacts(run_id)] == ["weights.pt"]
+    second = tracker.start_run(experiment="e", name="r2", params={}, tags={})
+    tracker.end_run(second, "FINISHED")
+    tracker._proc.kill()
+    tracker._proc.wait(10)
+    with pytest.raises(TrackingError, match="writer exited"):
+        tracker.flush(timeout=60)
+    with pytest.raises(TrackingError):
+        tracker.close(timeout=60)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
 def test_writers_starting_together_share_a_fresh_store(tmp_path, request, store):

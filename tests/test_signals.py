@@ -200,11 +200,11 @@ def test_a_group_sigterm_ends_a_run_with_dataloader_workers_killed(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("to", "signum"), [("group", signal.SIGINT), ("main", signal.SIGTERM)],
-                         ids=["INT-group", "TERM-main"])
+@pytest.mark.parametrize(("to", "signum"), [("group", signal.SIGINT), ("main", signal.SIGTERM),
+                                           ("group", signal.SIGTERM)], ids=["INT-group", "TERM-main", "TERM-group"])
 def test_a_signal_stops_the_claims_report_and_its_workers(tmp_path, movielens_dir, to, signum):
-    """Ctrl-C reaches the report's workers with it; a SIGTERM to the report alone is passed on to them: either way
-    their runs end KILLED, nothing is left RUNNING, and no worker or writer outlives the report."""
+    """Ctrl-C (or `scancel`'s SIGTERM) reaches the report's workers with it; a SIGTERM to the report alone is passed
+    on to them: either way their runs end KILLED, nothing is left RUNNING, and no worker or writer outlives it."""
     db = tmp_path / "mlflow.db"
     proc = _start(["-m", "lesson5.reproduce", "quick=true", "only=y_range,bias_ranks", "workers=2",
                    f"out={tmp_path / 'claims.md'}", f"data.path={movielens_dir}", "data.verify=false",

@@ -217,6 +217,18 @@ class Tracker:
             raise TrackingError(f"the MLflow writer {self._death()}: training stops, and closing the tracker marks "
                                 f"its runs in {self.uri} FAILED")
 
+    def flush(self, timeout: float = 300.0) -> None:
+        """Wait until the writer has written (or spooled) everything sent so far: the runs ended so far are in the
+        store, their files included. TrackingError if it reported a failure meanwhile, died or timed out."""
+        self._outbox.put(messages.Flush())
+        deadline = time.monotonic() + timeout
+        while not self._gone and time.monotonic() < deadline:
+            if isinstance(self._drain(block=True, timeout=0.5), messages.Flushed):
+                self._raise_reported()
+                return
+        self.check()
+        raise TrackingError(f"the MLflow writer did not write everything to {self.uri} within {timeout:.0f} s")
+
     def close(self, timeout: float = 300.0) -> None:
         """Wait until the writer has written everything and closed every run, then let it exit. A writer that
         died first: its runs are marked FAILED here, and TrackingError says why it died."""

@@ -113,6 +113,11 @@ class Close:
 
 
 @dataclass
+class Flush:
+    """Answer Flushed once everything queued before it is written (or spooled)."""
+
+
+@dataclass
 class Started:  # writer -> trainer: Started, Failed, Closed
     rid: int
     run_id: str
@@ -123,6 +128,11 @@ class Started:  # writer -> trainer: Started, Failed, Closed
 class Failed:
     rid: Optional[int]  # None: the writer could not start at all
     error: str
+
+
+@dataclass
+class Flushed:
+    """Everything sent before the Flush is written (or spooled)."""
 
 
 @dataclass

@@ -34,6 +34,8 @@ from lesson5.tracking.messages import (
     Closed,
     EndRun,
     Failed,
+    Flush,
+    Flushed,
     LogFiles,
     LogMetrics,
     LogModel,
@@ -323,6 +325,9 @@ def serve(uri: str, inbox, outbox, spool_root: Path = ROOT, offline: bool = Fals
             if w is not None and spool is None:
                 w.fail_open_runs("the training process exited without closing this run")
             return
+        if isinstance(msg, Flush):  # the messages before it are handled: they came first, on one queue
+            outbox.put(Flushed())
+            continue
         if isinstance(msg, Close):
             if spool is not None:
                 spool.close()  # its End record: sync can tell it whole
