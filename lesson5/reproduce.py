@@ -9,7 +9,7 @@ Overrides (`tracking.uri=...`, say) apply to every run it makes. Runs go to the 
 says which it is. The report is written only by `markdown` here, from the judged claims.
 
 `workers=N` (default: one per CPU core) trains the runs in N processes (`lesson5.pool`), the claims measured at once;
-N changes where the runs train, not which runs are made or which of them share a stack.
+N changes where and in what order the runs train, not which runs are made.
 """
 
 from __future__ import annotations
