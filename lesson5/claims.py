@@ -195,7 +195,7 @@ class Context:
                 size = stack_size(quiet_config([*group[0], *self.overrides]))[0] if len(group) > 1 else 1
                 for i in range(0, len(group), size):
                     job = (claim, group[i:i + size],
-                           self._pool.submit({**self._job(claim, group[i:i + size]), "stored": stored}))
+                           self._pool.submit(self._job(claim, group[i:i + size], stored)))
                     jobs[id(job[2])] = job
                     self._pending.update((self._key(o), job) for o in job[1])
         for claim_of, group, done in jobs.values():
@@ -208,9 +208,9 @@ class Context:
                 raise
             self._keep(claim_of, group, results)
 
-    def _job(self, claim: str, group: list[list[str]]) -> dict:
+    def _job(self, claim: str, group: list[list[str]], stored: bool) -> dict:
         """The pool's job for `group` (one run, or a stack of them)."""
-        return {"runs": group, "extra": self.overrides, "experiment": EXPERIMENT,
+        return {"runs": group, "extra": self.overrides, "experiment": EXPERIMENT, "stored": stored,
                 "names": [f"{claim}: {' '.join(o)}"[:200] for o in group],
                 "tags": [{"claims.claim": claim, "claims.trial": self._key(o)} for o in group]}
 

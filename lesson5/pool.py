@@ -28,7 +28,7 @@ import threading
 from concurrent.futures import Future
 from typing import Optional, Union
 
-from lesson5.errors import Lesson5Error
+from lesson5.errors import ConfigError, DivergedError, Lesson5Error, describe
 from lesson5.process import start_module
 
 Job = dict  # {"runs": [[override, ...], ...], "extra": [override, ...], "names": [str], "tags": [{str: str}],
@@ -48,7 +48,6 @@ class Trainer:
         from omegaconf.errors import OmegaConfBaseException
 
         from lesson5.config import validate
-        from lesson5.errors import ConfigError, DivergedError, describe
         from lesson5.lifecycle import quiet_config
         from lesson5.run import run, run_stack
         from lesson5.tracking import open_tracker
@@ -210,11 +209,8 @@ def _interrupt_once(signum, frame) -> None:
 
 def main() -> int:
     """A worker: train each job read from stdin, answer each on the descriptor that was stdout."""
-    from lesson5.errors import describe
-
-    # Ctrl-C, or the caller's close(stop=True), interrupts the run, even where the caller started with SIGINT
-    # ignored (`cmd &` in a script), which this process would inherit
-    # SIGTERM (`scancel`, a container's stop, to the whole group) likewise: the runs end KILLED, not FAILED
+    # Ctrl-C, SIGTERM to the group (`scancel`) or the caller's close(stop=True) interrupts the run, which ends
+    # KILLED, even where the caller started with SIGINT ignored (`cmd &` in a script), which this would inherit
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt_once)
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
